@@ -1,0 +1,1 @@
+"""pyro_spvae.infer"""
