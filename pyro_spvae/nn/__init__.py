@@ -1,1 +1,44 @@
-"""pyro_spvae.nn"""
+"""Neural-network building blocks: MLP and convolutional encoders/decoders, stacked networks
+(many small networks as one, for SPVAE's leaf VAEs) and likelihood heads."""
+
+from .activations import ACTIVATIONS, get_activation
+from .builders import ARCHS, DenseDecoder, FlatMLPEncoder, build_decoder, build_encoder
+from .conv import ConvDecoder, ConvEncoder, conv_spatial_sizes
+from .likelihoods import (
+    LIKELIHOODS,
+    BernoulliLikelihood,
+    BinomialLikelihood,
+    CategoricalLikelihood,
+    GaussianLikelihood,
+    Likelihood,
+    LogisticLikelihood,
+    make_likelihood,
+)
+from .mlp import MLP
+from .stacked import StackedConvDecoder, StackedConvEncoder, StackedLinear, StackedMLP
+
+__all__ = [
+    "ACTIVATIONS",
+    "get_activation",
+    "MLP",
+    "ConvEncoder",
+    "ARCHS",
+    "FlatMLPEncoder",
+    "DenseDecoder",
+    "build_encoder",
+    "build_decoder",
+    "ConvDecoder",
+    "conv_spatial_sizes",
+    "StackedLinear",
+    "StackedMLP",
+    "StackedConvEncoder",
+    "StackedConvDecoder",
+    "Likelihood",
+    "BernoulliLikelihood",
+    "GaussianLikelihood",
+    "BinomialLikelihood",
+    "LogisticLikelihood",
+    "CategoricalLikelihood",
+    "LIKELIHOODS",
+    "make_likelihood",
+]

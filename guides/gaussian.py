@@ -1,0 +1,73 @@
+"""Amortised diagonal-Gaussian guide ``q(z | x) = N(loc(x), diag scale(x)^2)`` (Kingma & Welling 2014).
+
+Pairs with :class:`pyro_spvae.models.VAE` (and any model with a single latent site ``"z"`` of
+shape ``(B, z_dim)`` inside ``pyro.plate("data", B, dim=-1)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyro_spvae.nn.builders import build_encoder
+from pyro_spvae.nn.checks import check_event_shape, check_float_tensor, check_hidden, check_positive_int
+
+__all__ = ["GaussianGuide"]
+
+
+class GaussianGuide(PyroModule):
+    r"""Amortised guide ``z ~ N(loc(x), diag scale(x)^2)`` for the site ``"z"``.
+
+    The encoder outputs ``2 * z_dim`` numbers per input: ``loc`` and ``raw``, with
+    ``scale = softplus(raw) + min_scale``.
+
+    :param event_shape: shape of one observation, e.g. ``(1, 28, 28)``.
+    :param z_dim: latent dimension.
+    :param hidden: hidden widths of the encoder MLP.
+    :param arch: ``"dense"`` or ``"conv"``.
+    :param activation: activation name or module.
+    :param channels: convolution widths (``arch="conv"`` only).
+    :param min_scale: lower bound on the posterior scale, ``>= 0``.
+
+    ``forward(x)`` with ``x`` of shape ``(B, *event_shape)`` samples ``"z"`` of shape
+    ``(B, z_dim)`` (plus any leading particle dims) inside ``pyro.plate("data", B, dim=-1)``.
+    """
+
+    def __init__(self, event_shape: Sequence[int] = (1, 28, 28), z_dim: int = 50,
+                 hidden: Sequence[int] = (200, 200), arch: str = "dense",
+                 activation: str | nn.Module = "softplus", channels: Sequence[int] = (32, 64),
+                 min_scale: float = 1e-4) -> None:
+        super().__init__()
+        self.event_shape = check_event_shape("event_shape", event_shape)
+        self.z_dim = check_positive_int("z_dim", z_dim)
+        hidden = check_hidden("hidden", hidden)
+        if not isinstance(min_scale, (int, float)) or not math.isfinite(min_scale) or min_scale < 0:
+            raise ValueError(f"min_scale must be a finite float >= 0, got {min_scale!r}")
+        self.min_scale = float(min_scale)
+        self.arch = arch
+        self.encoder = build_encoder(arch, self.event_shape, 2 * self.z_dim, hidden, activation, channels)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters for ``x`` of shape ``(..., *event_shape)``: ``(loc, scale)``, each
+        of shape ``(..., z_dim)``."""
+        check_float_tensor("x", x, self.event_shape)
+        return self._encode(x)
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.encoder(x)
+        loc, raw = out[..., : self.z_dim], out[..., self.z_dim:]
+        return loc, F.softplus(raw) + self.min_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Sample ``"z"`` for a batch ``x`` of shape ``(B, *event_shape)``; returns ``z``."""
+        check_float_tensor("x", x, self.event_shape, batch_dims=1)
+        loc, scale = self._encode(x)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
