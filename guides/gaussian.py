@@ -17,7 +17,13 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_spvae.nn.builders import build_encoder
-from pyro_spvae.nn.checks import check_event_shape, check_float_tensor, check_hidden, check_positive_int
+from pyro_spvae.nn.checks import (
+    check_event_shape,
+    check_float_tensor,
+    check_hidden,
+    check_input_like,
+    check_positive_int,
+)
 
 __all__ = ["GaussianGuide"]
 
@@ -57,8 +63,12 @@ class GaussianGuide(PyroModule):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters for ``x`` of shape ``(..., *event_shape)``: ``(loc, scale)``, each
         of shape ``(..., z_dim)``."""
-        check_float_tensor("x", x, self.event_shape)
+        self._validate(x, None)
         return self._encode(x)
+
+    def _validate(self, x: object, batch_dims: int | None) -> None:
+        check_float_tensor("x", x, self.event_shape, batch_dims=batch_dims)
+        check_input_like("x", x, next(self.parameters()))
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.encoder(x)
@@ -67,7 +77,7 @@ class GaussianGuide(PyroModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Sample ``"z"`` for a batch ``x`` of shape ``(B, *event_shape)``; returns ``z``."""
-        check_float_tensor("x", x, self.event_shape, batch_dims=1)
+        self._validate(x, batch_dims=1)
         loc, scale = self._encode(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))

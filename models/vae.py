@@ -23,7 +23,14 @@ from torch import nn
 from torch.distributions import Distribution
 
 from pyro_spvae.nn.builders import ARCHS, build_decoder
-from pyro_spvae.nn.checks import check_event_shape, check_float_tensor, check_hidden, check_positive_int
+from pyro_spvae.nn.checks import (
+    check_event_shape,
+    check_float_tensor,
+    check_hidden,
+    check_input_like,
+    check_nonnegative_int,
+    check_positive_int,
+)
 from pyro_spvae.nn.likelihoods import Likelihood, make_likelihood
 
 if TYPE_CHECKING:
@@ -77,19 +84,23 @@ class VAE(PyroModule):
         :raises ValueError: naming the problem otherwise.
         """
         x = check_float_tensor("x", x, self.event_shape, batch_dims=1)
+        check_input_like("x", x, next(self.parameters()))
         return self.likelihood.validate(x)
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """``p(x | z)`` for latents of shape ``(..., z_dim)``: a distribution with batch shape
         ``...`` and event shape ``event_shape``."""
-        if not isinstance(z, torch.Tensor) or z.dim() == 0 or z.shape[-1] != self.z_dim:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"z must have shape (..., {self.z_dim}), got {shape}")
+        check_input_like("z", z, next(self.parameters()))
+        if z.dim() == 0 or z.shape[-1] != self.z_dim:
+            raise ValueError(f"z must have shape (..., {self.z_dim}), got {tuple(z.shape)}")
         return self.likelihood(self.decoder(z))
 
     def prior(self, batch_size: int, like: torch.Tensor | None = None) -> Distribution:
         """The prior ``N(0, I)`` over ``z`` with batch shape ``(batch_size,)`` and event shape
         ``(z_dim,)``, with ``like``'s dtype and device (default: the parameters')."""
+        batch_size = check_nonnegative_int("batch_size", batch_size)
+        if like is not None and not isinstance(like, torch.Tensor):
+            raise TypeError(f"like must be a torch.Tensor or None, got {type(like).__name__}")
         ref = like if like is not None else next(self.parameters())
         zero = torch.zeros((), dtype=ref.dtype, device=ref.device)
         return dist.Normal(zero, zero + 1).expand([batch_size, self.z_dim]).to_event(1)

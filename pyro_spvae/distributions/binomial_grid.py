@@ -40,6 +40,9 @@ class BinomialGrid(TorchDistribution):
             raise ValueError(f"total_count must be a positive int, got {total_count!r}")
         if (probs is None) == (logits is None):
             raise ValueError("BinomialGrid needs exactly one of probs or logits")
+        for name, param in (("probs", probs), ("logits", logits)):
+            if isinstance(param, torch.Tensor) and not param.dtype.is_floating_point:
+                raise ValueError(f"BinomialGrid {name} must have a floating-point dtype, got {param.dtype}")
         self.total_count = total_count
         if probs is not None:
             (self.probs,) = broadcast_all(probs)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .checks import check_event_shape, check_positive_int
+from .checks import check_event_shape, check_input_like, check_positive_int
 from .conv import ConvDecoder, ConvEncoder
 from .mlp import MLP
 
@@ -37,10 +37,11 @@ class FlatMLPEncoder(nn.Module):
         self.mlp = MLP(math.prod(self.event_shape), hidden, out_dim, activation=activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_like("encoder input", x, self.mlp.layers[0].weight)
         n = len(self.event_shape)
         if x.dim() < n or tuple(x.shape[x.dim() - n:]) != self.event_shape:
             raise ValueError(f"encoder input has shape {tuple(x.shape)}, expected (..., {self.event_shape})")
-        return self.mlp(x.reshape(*x.shape[: x.dim() - n], -1))
+        return self.mlp(x.reshape(*x.shape[: x.dim() - n], self.mlp.in_dim))
 
 
 class DenseDecoder(nn.Module):

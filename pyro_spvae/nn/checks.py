@@ -13,9 +13,12 @@ import torch
 
 __all__ = [
     "check_positive_int",
+    "check_nonnegative_int",
     "check_hidden",
     "check_event_shape",
     "check_float_tensor",
+    "check_floating_dtype",
+    "check_input_like",
 ]
 
 
@@ -39,7 +42,7 @@ def check_hidden(name: str, hidden: object) -> tuple[int, ...]:
     """
     if isinstance(hidden, int) and not isinstance(hidden, bool):
         hidden = (hidden,)
-    if not isinstance(hidden, Sequence) or isinstance(hidden, str):
+    if not isinstance(hidden, Sequence) or isinstance(hidden, (str, bytes, bytearray)):
         raise TypeError(f"{name} must be a sequence of positive ints, got {hidden!r}")
     return tuple(check_positive_int(f"{name}[{i}]", h) for i, h in enumerate(hidden))
 
@@ -48,11 +51,57 @@ def check_event_shape(name: str, event_shape: object) -> tuple[int, ...]:
     """Return ``event_shape`` as a non-empty tuple of positive ints, e.g. ``(C, H, W)``."""
     if isinstance(event_shape, int) and not isinstance(event_shape, bool):
         event_shape = (event_shape,)
-    if not isinstance(event_shape, (Sequence, torch.Size)) or isinstance(event_shape, str):
+    if not isinstance(event_shape, Sequence) or isinstance(event_shape, (str, bytes, bytearray)):
         raise TypeError(f"{name} must be a tuple of positive ints such as (1, 28, 28), got {event_shape!r}")
     if len(event_shape) == 0:
         raise ValueError(f"{name} must have at least one dimension, got {tuple(event_shape)}")
     return tuple(check_positive_int(f"{name}[{i}]", s) for i, s in enumerate(event_shape))
+
+
+def check_nonnegative_int(name: str, value: object) -> int:
+    """Return ``value`` as an ``int`` after checking that it is an integer ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a non-negative int, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value}")
+    return int(value)
+
+
+def _check_is_tensor(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_floating_dtype(name: str, x: object) -> torch.Tensor:
+    """Check that ``x`` is a tensor with a floating-point dtype (any of float16/32/64, bfloat16).
+
+    :raises TypeError: if ``x`` is not a tensor.
+    :raises ValueError: for an integer, boolean or complex dtype.
+    """
+    x = _check_is_tensor(name, x)
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{name} must have a floating-point dtype (e.g. torch.float32), got {x.dtype}")
+    return x
+
+
+def check_input_like(name: str, x: object, like: torch.Tensor) -> torch.Tensor:
+    """Check that ``x`` is a tensor with the dtype and device of ``like`` (a module parameter), so
+    that a network input of the wrong dtype (int, float64 for a float32 module, ...) fails with a
+    clear message instead of deep inside a matrix multiplication or convolution.
+
+    :raises TypeError: if ``x`` is not a tensor.
+    :raises ValueError: for a dtype or device different from ``like``'s.
+    """
+    x = _check_is_tensor(name, x)
+    if x.dtype != like.dtype:
+        raise ValueError(
+            f"{name} has dtype {x.dtype}, expected {like.dtype} (the dtype of the module's parameters); "
+            f"convert the input with .to({like.dtype}) or the module with .to({x.dtype})"
+        )
+    if x.device != like.device:
+        raise ValueError(f"{name} is on device {x.device}, but the module's parameters are on {like.device}")
+    return x
 
 
 def check_float_tensor(name: str, x: object, event_shape: tuple[int, ...] | None = None,
@@ -66,10 +115,7 @@ def check_float_tensor(name: str, x: object, event_shape: tuple[int, ...] | None
     :raises TypeError: if ``x`` is not a tensor.
     :raises ValueError: for a non-floating dtype, a wrong shape, NaN or infinite entries.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"{name} must have a floating-point dtype (e.g. torch.float32), got {x.dtype}")
+    x = check_floating_dtype(name, x)
     if event_shape is not None:
         n = len(event_shape)
         ok = x.dim() >= n and tuple(x.shape[x.dim() - n:]) == tuple(event_shape)
@@ -79,6 +125,8 @@ def check_float_tensor(name: str, x: object, event_shape: tuple[int, ...] | None
             lead = "B, " * batch_dims if batch_dims is not None else "..., "
             expected = "(" + lead + ", ".join(str(s) for s in event_shape) + ")"
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {expected}")
+    if batch_dims is not None and 0 in x.shape[:batch_dims]:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); need at least one data point")
     if torch.isnan(x).any():
         raise ValueError(f"{name} contains NaN values ({int(torch.isnan(x).sum())} entries)")
     if torch.isinf(x).any():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .activations import get_activation
-from .checks import check_event_shape, check_hidden, check_positive_int
+from .checks import check_event_shape, check_hidden, check_input_like, check_positive_int
 from .mlp import MLP
 
 __all__ = ["ConvEncoder", "ConvDecoder", "conv_spatial_sizes"]
@@ -72,6 +72,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode ``x`` of shape ``(..., C, H, W)``; returns ``(..., out_dim)``."""
+        check_input_like("ConvEncoder input", x, self.convs[0].weight)
         if x.dim() < 3 or tuple(x.shape[-3:]) != self.event_shape:
             raise ValueError(
                 f"ConvEncoder input has shape {tuple(x.shape)}, expected (..., {self.event_shape})"
@@ -126,6 +127,7 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode ``z`` of shape ``(..., in_dim)``; returns ``(..., out_channels, H, W)``."""
+        check_input_like("ConvDecoder input", z, self.out_conv.weight)
         if z.dim() == 0 or z.shape[-1] != self.in_dim:
             raise ValueError(f"ConvDecoder input has shape {tuple(z.shape)}, expected (..., {self.in_dim})")
         batch = z.shape[:-1]

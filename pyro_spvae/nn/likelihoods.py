@@ -41,7 +41,7 @@ from ..distributions.binomial_grid import BinomialGrid
 from ..distributions.categorical_grid import CategoricalGrid
 from ..distributions.discretized_logistic import DiscretizedLogistic
 from ..distributions.grid import GridConstraint
-from .checks import check_event_shape, check_float_tensor, check_positive_int
+from .checks import check_event_shape, check_float_tensor, check_floating_dtype, check_positive_int
 
 __all__ = [
     "Likelihood",
@@ -85,8 +85,7 @@ class Likelihood(nn.Module):
 
     def _split(self, params: torch.Tensor) -> torch.Tensor:
         """``(..., num_params * C, *rest) -> (..., num_params, C, *rest)``."""
-        if not isinstance(params, torch.Tensor):
-            raise TypeError(f"{self.name} likelihood params must be a tensor, not {type(params).__name__}")
+        check_floating_dtype(f"{self.name} likelihood params", params)
         n = len(self.event_shape)
         if params.dim() < n or tuple(params.shape[params.dim() - n:]) != self.param_shape:
             expected = ", ".join(str(s) for s in self.param_shape)
@@ -297,6 +296,7 @@ def make_likelihood(name: str | Likelihood, event_shape: Sequence[int], **kwargs
 
     :raises ValueError: for an unknown name or invalid options.
     """
+    event_shape = check_event_shape("event_shape", event_shape)
     if isinstance(name, Likelihood):
         if kwargs:
             raise ValueError(f"options {sorted(kwargs)} cannot be applied to an already built likelihood")

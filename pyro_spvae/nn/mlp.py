@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .activations import get_activation
-from .checks import check_hidden, check_positive_int
+from .checks import check_hidden, check_input_like, check_positive_int
 
 __all__ = ["MLP"]
 
@@ -43,6 +43,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the network to ``x`` of shape ``(..., in_dim)``; returns ``(..., out_dim)``."""
+        check_input_like("MLP input", x, self.layers[0].weight)
         if x.dim() == 0 or x.shape[-1] != self.in_dim:
             raise ValueError(f"MLP input has shape {tuple(x.shape)}, expected (..., {self.in_dim})")
         for i, layer in enumerate(self.layers):

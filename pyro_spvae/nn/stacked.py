@@ -24,14 +24,16 @@ import torch
 from torch import nn
 
 from .activations import get_activation
-from .checks import check_hidden, check_positive_int
+from .checks import check_hidden, check_input_like, check_positive_int
 from .conv import ConvDecoder, ConvEncoder, _check_image_args, conv_spatial_sizes
 from .mlp import MLP
 
 __all__ = ["StackedLinear", "StackedMLP", "StackedConvEncoder", "StackedConvDecoder"]
 
 
-def _check_net_axis(name: str, x: torch.Tensor, num_nets: int, feature_shape: tuple[int, ...]) -> None:
+def _check_net_axis(name: str, x: torch.Tensor, num_nets: int, feature_shape: tuple[int, ...],
+                    like: torch.Tensor) -> None:
+    check_input_like(f"{name} input", x, like)
     n = len(feature_shape) + 1
     if x.dim() < n or tuple(x.shape[x.dim() - n:]) != (num_nets, *feature_shape):
         expected = ", ".join(str(s) for s in (num_nets, *feature_shape))
@@ -75,6 +77,8 @@ class StackedLinear(nn.Module):
         if len(linears) == 0:
             raise ValueError("from_modules needs at least one nn.Linear")
         first = linears[0]
+        if any(not isinstance(m, nn.Linear) or m.weight.shape != first.weight.shape for m in linears):
+            raise ValueError("from_modules needs nn.Linear layers with identical in/out features")
         out = cls(len(linears), first.in_features, first.out_features).to(first.weight)
         with torch.no_grad():
             out.weight.copy_(torch.stack([m.weight for m in linears]))
@@ -85,7 +89,7 @@ class StackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply net ``n`` to ``x[..., n, :]``; ``(..., N, D_in) -> (..., N, D_out)``."""
-        _check_net_axis("StackedLinear", x, self.num_nets, (self.in_features,))
+        _check_net_axis("StackedLinear", x, self.num_nets, (self.in_features,), self.weight)
         batch = x.shape[:-2]
         xt = x.reshape(-1, self.num_nets, self.in_features).transpose(0, 1)  # (N, B, D_in)
         y = torch.baddbmm(self.bias.unsqueeze(1), xt, self.weight.transpose(1, 2))  # (N, B, D_out)
@@ -143,7 +147,7 @@ class StackedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply net ``n`` to ``x[..., n, :]``; ``(..., N, in_dim) -> (..., N, out_dim)``."""
-        _check_net_axis("StackedMLP", x, self.num_nets, (self.in_dim,))
+        _check_net_axis("StackedMLP", x, self.num_nets, (self.in_dim,), self.layers[0].weight)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
@@ -211,7 +215,7 @@ class StackedConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode ``x`` of shape ``(..., N, C, h, w)``; returns ``(..., N, out_dim)``."""
-        _check_net_axis("StackedConvEncoder", x, self.num_nets, self.event_shape)
+        _check_net_axis("StackedConvEncoder", x, self.num_nets, self.event_shape, self.convs[0].weight)
         batch = x.shape[:-4]
         c, h, w = self.event_shape
         y = x.reshape(-1, self.num_nets * c, h, w)
@@ -276,7 +280,7 @@ class StackedConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode ``z`` of shape ``(..., N, in_dim)``; returns ``(..., N, out_channels, h, w)``."""
-        _check_net_axis("StackedConvDecoder", z, self.num_nets, (self.in_dim,))
+        _check_net_axis("StackedConvDecoder", z, self.num_nets, (self.in_dim,), self.out_conv.weight)
         batch = z.shape[:-2]
         n = self.num_nets
         y = self.activation(self.mlp(z))
