@@ -1,0 +1,186 @@
+"""SPVAE training-step time over a VAE step at equal parameter count, and peak memory.
+
+Tan & Peharz (ICML 2019) report that their TensorFlow SPVAE, one graph node per SPN node, trains
+5-70x slower than a plain VAE (about 6x at the MNIST configuration); the goal here is at most 2x.
+Both models are built from the reproduction presets (:mod:`pyro_spvae.training.presets`, DESIGN
+§3) on 28x28 images with the Gaussian likelihood: the dense SPVAE (32 leaf VAEs 49-30-30-25, 167
+sums, 800 products, 234k parameters with its guide) against a dense VAE with hidden layers
+123x123 and z_dim 25 (234k parameters), and the conv SPVAE against a conv VAE of equal size.
+
+Each step is :meth:`pyro_spvae.training.Trainer.step` (Pyro param capture, loss and gradients,
+NaN guard, Adam) on one batch of 128 images, with
+
+- the paper's training objectives at K = 5: the SPVAE's leaf-averaged importance-weighted bound
+  (:class:`~pyro_spvae.infer.SPNLeafIWELBO`) vs the VAE's IWAE bound
+  (:class:`~pyro_spvae.infer.TraceIWAE_ELBO`);
+- the plain single-sample ``Trace_ELBO`` on both Pyro models.
+
+Steps of the two models are interleaved (SPVAE, VAE, SPVAE, ...) and the ratio of medians is
+reported, so that load from other processes on a shared machine hits both alike. Peak memory is
+the growth of the peak resident set size during three training steps in a fresh subprocess per
+model (``VmHWM`` after resetting it to the current ``VmRSS`` through ``/proc/self/clear_refs``).
+
+``run(quick=False) -> dict`` is called by ``benchmarks/run.py``; ``python
+benchmarks/bench_spvae.py [--quick]`` runs it stand-alone and prints the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_spvae.infer import SPNLeafIWELBO, TraceIWAE_ELBO
+from pyro_spvae.models import MODELS
+from pyro_spvae.training import Trainer, make_optimizer
+from pyro_spvae.training.presets import PRESETS
+
+EVENT_SHAPE = (1, 28, 28)
+BATCH = 128
+
+
+class _Batch:
+    """A fixed batch of continuous images (``Trainer`` data protocol)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.x[idx]
+
+
+def _build(preset: str, objective: str) -> tuple[Trainer, int]:
+    cfg = PRESETS[preset]
+    kwargs = dict(cfg["model_kwargs"])
+    model, guide = MODELS[cfg["model"]](EVENT_SHAPE, **kwargs)
+    if objective == "paper":
+        elbo = SPNLeafIWELBO(5) if cfg["model"] == "spvae" else TraceIWAE_ELBO(5, max_plate_nesting=1)
+    else:
+        elbo = Trace_ELBO(max_plate_nesting=1)
+    g = torch.Generator().manual_seed(0)
+    data = _Batch(torch.rand(BATCH, *EVENT_SHAPE, generator=g))
+    trainer = Trainer(model, guide, elbo, make_optimizer(1e-3, group_lrs=cfg.get("group_lrs") or None), data,
+                      batch_size=BATCH, max_steps=10**9, progress=False)
+    params = sum(p.numel() for m in (model, guide) for p in m.parameters())
+    return trainer, params
+
+
+def _time_pair(pair: tuple[str, str], objective: str, reps: int, warmup: int) -> dict[str, Any]:
+    pyro.clear_param_store()
+    trainers = {}
+    params = {}
+    for name in pair:
+        trainers[name], params[name] = _build(name, objective)
+    x = trainers[pair[0]].train_data.x
+    times: dict[str, list[float]] = {name: [] for name in pair}
+    for i in range(warmup + reps):
+        for name in pair:
+            # both models name their networks "encoder"/"decoder": give each step a clean Pyro param
+            # store so that it captures its own parameters (optimiser state is keyed by tensor)
+            pyro.clear_param_store()
+            t0 = time.perf_counter()
+            trainers[name].step(x)
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[name].append(dt)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "objective": objective,
+        "models": list(pair),
+        "params": params,
+        "median_step_s": med,
+        "step_times_s": times,
+        "ratio": med[pair[0]] / med[pair[1]],
+    }
+
+
+def _status_mib(key: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024.0  # kB
+    raise KeyError(key)
+
+
+def _memory_worker(preset: str, objective: str, steps: int) -> float:
+    """Peak RSS growth (MiB) during ``steps`` training steps; run in a fresh process."""
+    torch.set_num_threads(1)
+    trainer, _ = _build(preset, objective)
+    x = trainer.train_data.x
+    try:  # reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_mib("VmRSS")
+        for _ in range(steps):
+            trainer.step(x)
+        return _status_mib("VmHWM") - base
+    except OSError:  # no /proc: fall back to the process-lifetime peak
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for _ in range(steps):
+            trainer.step(x)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024.0  # KiB on Linux
+
+
+def _peak_memory_mib(preset: str, objective: str, steps: int) -> float:
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--memory-worker", preset, objective, str(steps)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    reps, warmup = (5, 2) if quick else (20, 3)
+    dense = ("spvae-continuous", "vae-continuous")
+    pairs = [(dense, "paper"), (dense, "trace")]
+    if not quick:
+        pairs.append((("conv-spvae-continuous", "conv-vae-continuous"), "paper"))
+    results = [_time_pair(pair, objective, reps, warmup) for pair, objective in pairs]
+    memory = {name: _peak_memory_mib(name, "paper", 3) for name in dense}
+    lines = [
+        "## SPVAE vs VAE training step (batch 128, 28x28, equal parameter count)",
+        "",
+        f"Median of {reps} interleaved `Trainer.step` calls after {warmup} warm-up steps, 1 thread, "
+        f"{os.cpu_count()} shared cores. Goal: SPVAE/VAE <= 2x (the paper's TF code: ~6x).",
+        "",
+        "| models | objective | params (model+guide) | SPVAE step (ms) | VAE step (ms) | ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        a, b = r["models"]
+        obj = "K=5 leaf-IW vs IWAE" if r["objective"] == "paper" else "Trace_ELBO, K=1"
+        lines.append(
+            f"| {a} / {b} | {obj} | {r['params'][a]:,} / {r['params'][b]:,} "
+            f"| {1e3 * r['median_step_s'][a]:.1f} | {1e3 * r['median_step_s'][b]:.1f} | {r['ratio']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Peak memory growth over the resident set during 3 training steps (K=5, fresh process, "
+        "VmHWM after a reset): "
+        + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items()),
+    ]
+    return {"quick": quick, "timings": results, "peak_memory_mib": memory, "summary": "\n".join(lines)}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--memory-worker":
+        print(_memory_worker(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+        sys.exit(0)
+    out = run(quick="--quick" in sys.argv)
+    print(out["summary"])
+    if "--write" in sys.argv:  # what benchmarks/run.py stores
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "spvae.json")
+        with open(path, "w") as f:
+            json.dump(out, f, indent=2)

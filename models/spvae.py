@@ -1,0 +1,517 @@
+r"""SPVAE: a sum-product network whose leaves are small VAEs over image patches.
+
+Tan & Peharz, "Hierarchical Decompositional Mixtures of Variational Autoencoders", ICML 2019
+(``DESIGN.md`` §3). A region graph (by default Poon-Domingos over the ``H x W`` grid with one
+coarse step of 7: a 4x4 grid of 7x7 patches, 100 regions, 200 partitions) carries ``sum_k`` sums
+per internal region (1 at the root) and ``leaf_k`` leaf VAEs per leaf region ``R``:
+
+.. math::
+
+    p(x) = \mathrm{SPN}\big(p_l(x_{R_l})\big), \qquad
+    p_l(x_{R_l}) = \int p_\theta(x_{R_l} | z_l)\, \mathcal{N}(z_l; 0, I)\, dz_l.        \qquad (1)
+
+All ``L = num_leaf_regions * leaf_k`` leaf decoders are ONE stacked network
+(:class:`~pyro_spvae.nn.StackedMLP` over flattened patches, or grouped convolutions,
+:class:`~pyro_spvae.nn.StackedConvDecoder`), so a forward pass costs a handful of batched kernels
+whatever the number of leaves. Leaf ``l`` belongs to leaf region ``l // leaf_k``.
+
+As a plain Pyro model (``forward``), all leaf latents are one site ``z`` of shape
+``(B, L, z_dim)`` drawn from the prior and ``x`` is drawn from the SPN of decoder likelihoods,
+``x | z ~ SPN(p(x_{R_l} | z_l))``. Because (1) is multilinear in its leaves and the leaf latents
+are independent, this model has exactly the marginal (1), so :class:`pyro.infer.Trace_ELBO`,
+:class:`~pyro_spvae.infer.TraceIWAE_ELBO` and friends apply unchanged. The model also implements
+the leaf protocol of :mod:`pyro_spvae.infer.spn_bounds` (``leaf_log_joint``,
+``spn_log_value``) for the SPN-aware bounds the paper trains and evaluates with.
+
+Missing pixels (NaN) are marginalised exactly at the leaves: they contribute log-density 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import TorchDistribution
+from pyro.nn import PyroModule, pyro_method
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+from pyro_spvae.nn.checks import check_event_shape, check_hidden, check_positive_int
+from pyro_spvae.nn.stacked import StackedConvDecoder, StackedMLP
+from pyro_spvae.spn.network import SPN
+from pyro_spvae.spn.region_graph import RegionGraph, poon_domingos, random_binary_trees
+
+__all__ = ["LeafScopes", "SPVAE", "LEAF_LIKELIHOODS", "build_spvae", "region_graph_from_spec"]
+
+#: Leaf likelihood names. Each takes one decoder output per pixel value: the Gaussian mean (with
+#: a learnt per-leaf, per-pixel precision), Bernoulli logits, or Binomial(255) logits on the grid
+#: ``k/255`` (Tan & Peharz 2019: Gaussian for "continuous", Binomial(255) for "discrete" MNIST).
+LEAF_LIKELIHOODS = ("gaussian", "binomial", "bernoulli")
+_BINOMIAL_N = 255
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class LeafScopes(nn.Module):
+    """Gathers the patches ``x_R`` of the leaf regions of a region graph and scatters them back.
+
+    The region graph's variables are the pixels of the ``H x W`` grid (row-major); every leaf
+    region covers all ``C`` channels of its pixels. Regions of unequal size are padded to the
+    largest, ``S`` pixels, and masked.
+
+    :param region_graph: region graph over ``H * W`` variables.
+    :param event_shape: image shape ``(C, H, W)``.
+    :raises ValueError: if the graph's variables do not match the image grid.
+
+    Attributes: ``index`` ``(R, S)`` pixel indices, ``mask`` ``(R, S)`` valid slots,
+    ``patch_shape`` ``(h, w)`` when every leaf region is a full ``h x w`` rectangle (else
+    ``None``).
+    """
+
+    def __init__(self, region_graph: RegionGraph, event_shape: Sequence[int]) -> None:
+        super().__init__()
+        if not isinstance(region_graph, RegionGraph):
+            raise TypeError(
+                f"region_graph must be a pyro_spvae.spn.RegionGraph, got {type(region_graph).__name__}"
+            )
+        self.event_shape = check_event_shape("event_shape", event_shape)
+        if len(self.event_shape) != 3:
+            raise ValueError(f"event_shape must be (C, H, W), got {self.event_shape}")
+        c, h, w = self.event_shape
+        if region_graph.num_vars != h * w:
+            raise ValueError(
+                f"the region graph has {region_graph.num_vars} variables but images of shape "
+                f"{self.event_shape} have {h * w} pixels (H * W): the region graph is incompatible with "
+                "event_shape"
+            )
+        leaves = region_graph.regions[: region_graph.num_leaf_regions]
+        self.num_regions = len(leaves)
+        self.max_size = max(len(r) for r in leaves)
+        index = torch.zeros(self.num_regions, self.max_size, dtype=torch.long)
+        mask = torch.zeros(self.num_regions, self.max_size, dtype=torch.bool)
+        shapes = set()
+        for i, r in enumerate(leaves):  # construction only
+            index[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = True
+            rows, cols = [v // w for v in r], [v % w for v in r]
+            ph, pw = max(rows) - min(rows) + 1, max(cols) - min(cols) + 1
+            shapes.add((ph, pw) if ph * pw == len(r) else None)
+        self.patch_shape: tuple[int, int] | None = shapes.pop() if len(shapes) == 1 else None
+        self.register_buffer("index", index, persistent=False)
+        self.register_buffer("mask", mask, persistent=False)
+
+    @property
+    def patch_numel(self) -> int:
+        """``C * S``, the length of a flattened (padded) patch."""
+        return self.event_shape[0] * self.max_size
+
+    def gather(self, x: Tensor) -> Tensor:
+        """Patches of ``x`` ``(..., C, H, W)``: returns ``(..., R, C, S)`` (padding slots hold pixel 0)."""
+        c, h, w = self.event_shape
+        xf = x.reshape(*x.shape[:-3], c, h * w)[..., self.index]  # (..., C, R, S)
+        return xf.movedim(-3, -2)
+
+    def scatter(self, patches: Tensor, active: Tensor) -> Tensor:
+        """Write the patches of the ``active`` regions into images; uncovered pixels are NaN.
+
+        :param patches: ``(N, R, C, S)`` values per region.
+        :param active: ``(N, R)`` bool, the regions to write (disjoint scopes, e.g. the leaf
+            regions of one induced tree).
+        :returns: ``(N, C, H, W)``.
+        """
+        c, h, w = self.event_shape
+        n = patches.shape[0]
+        hw = h * w
+        dummy = torch.full_like(self.index, hw)
+        idx = torch.where(active.unsqueeze(-1) & self.mask, self.index, dummy)  # (N, R, S)
+        idx = idx.reshape(n, 1, -1).expand(n, c, -1)
+        out = patches.new_full((n, c, hw + 1), math.nan)
+        out.scatter_(2, idx, patches.movedim(-2, -3).reshape(n, c, -1))
+        return out[..., :hw].reshape(n, c, h, w)
+
+
+def _check_image(x: Any, event_shape: tuple[int, ...], likelihood: str, allow_missing: bool) -> Tensor:
+    """Validate a batch of images for the leaf likelihood; NaN = missing when ``allow_missing``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must have a floating-point dtype (e.g. torch.float32), got {x.dtype}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != event_shape:
+        raise ValueError(f"x has shape {tuple(x.shape)}, expected (B, {', '.join(map(str, event_shape))})")
+    missing = torch.isnan(x)
+    if missing.any() and not allow_missing:
+        raise ValueError(
+            f"x contains NaN values ({int(missing.sum())} entries) where missing data is not allowed"
+        )
+    obs = x[~missing]
+    if torch.isinf(obs).any():
+        raise ValueError("x contains infinite values")
+    if likelihood == "bernoulli" and not ((obs == 0) | (obs == 1)).all():
+        raise ValueError("the Bernoulli likelihood needs binary data in {0, 1}; x has other values")
+    if likelihood == "binomial":
+        k = obs * _BINOMIAL_N
+        if ((obs < 0) | (obs > 1)).any() or ((k - k.round()).abs() > 1e-3).any():
+            raise ValueError(
+                "the Binomial(255) likelihood needs data on the grid k/255 in [0, 1] "
+                "(use the 'spvae-discrete' transform)"
+            )
+    return x
+
+
+class _SPNOfLeafLikelihoods(TorchDistribution):
+    """``x | z ~ SPN(p(x_{R_l} | z_l))``: the observation distribution of :meth:`SPVAE.forward`.
+
+    Batch shape ``(..., B)`` from ``z`` ``(..., B, L, z_dim)``; event shape ``(C, H, W)``;
+    ``log_prob`` marginalises NaN pixels. ``sample`` draws an induced tree from the SPN and decodes
+    the selected leaves' given latents.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 3)
+
+    def __init__(self, model: SPVAE, z: Tensor) -> None:
+        self.model, self.z = model, z
+        super().__init__(z.shape[:-2], torch.Size(model.event_shape), validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.model.spn_log_value(self.model.leaf_log_lik(value, self.z))
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        z = self.z.expand(*sample_shape, *self.z.shape)
+        flat = z.reshape(-1, *z.shape[-2:])
+        with torch.no_grad():
+            out = self.model._decode_selected(flat, self.model.select_leaves(flat.shape[0]), mode="sample")
+        return out.reshape(*z.shape[:-2], *self.model.event_shape)
+
+
+class SPVAE(PyroModule):
+    r"""Sum-product network of VAEs (Tan & Peharz 2019) as a Pyro model.
+
+    :param event_shape: image shape ``(C, H, W)``.
+    :param region_graph: a :class:`~pyro_spvae.spn.RegionGraph` over the ``H * W`` pixels
+        (default: ``poon_domingos((H, W), 7)``, the paper's 16 patches of 7x7 on MNIST).
+    :param sum_k: sums per internal region (the root has one).
+    :param leaf_k: leaf VAEs per leaf region.
+    :param z_dim: latent size of every leaf VAE.
+    :param hidden: hidden widths of every leaf decoder (``()``: linear decoders, i.e. pPCA leaves
+        with the Gaussian likelihood).
+    :param activation: activation of the leaf networks.
+    :param likelihood: ``"gaussian"`` (learnt precision), ``"binomial"`` (255 trials on the grid
+        ``k/255``) or ``"bernoulli"``.
+    :param arch: ``"dense"`` (stacked MLPs over flattened patches) or ``"conv"`` (grouped
+        convolutions over rectangular patches).
+    :param channels: convolution widths of conv leaves.
+    :param allow_missing: treat NaN pixels as missing and marginalise them (else NaN is an error).
+
+    Site shapes in :meth:`forward`: ``z`` ``(B, L, z_dim)`` (event dims 2), ``x`` ``(B, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int] = (1, 28, 28),
+        region_graph: RegionGraph | None = None,
+        sum_k: int = 2,
+        leaf_k: int = 2,
+        z_dim: int = 25,
+        hidden: Sequence[int] = (30, 30),
+        activation: str = "softplus",
+        likelihood: str = "gaussian",
+        arch: str = "dense",
+        channels: Sequence[int] = (8, 16),
+        allow_missing: bool = True,
+    ) -> None:
+        super().__init__()
+        self.allow_missing = bool(allow_missing)
+        self.event_shape = check_event_shape("event_shape", event_shape)
+        if len(self.event_shape) != 3:
+            raise ValueError(f"event_shape must be (C, H, W), got {self.event_shape}")
+        c, h, w = self.event_shape
+        self.sum_k = check_positive_int("sum_k", sum_k)
+        self.leaf_k = check_positive_int("leaf_k", leaf_k)
+        self.z_dim = check_positive_int("z_dim", z_dim)
+        self.hidden = check_hidden("hidden", hidden)
+        if likelihood not in LEAF_LIKELIHOODS:
+            raise ValueError(f"unknown leaf likelihood {likelihood!r}; choose one of {LEAF_LIKELIHOODS}")
+        if arch not in ("dense", "conv"):
+            raise ValueError(f"arch must be 'dense' or 'conv', got {arch!r}")
+        self.likelihood, self.arch = likelihood, arch
+        if region_graph is None:
+            if h < 2 * 7 and w < 2 * 7:
+                raise ValueError(
+                    f"the default Poon-Domingos graph (step 7) cannot split a {h}x{w} grid; pass region_graph"
+                )
+            region_graph = poon_domingos((h, w), 7)
+        self.region_graph = region_graph
+        self.scopes = LeafScopes(region_graph, self.event_shape)
+        self.num_regions = self.scopes.num_regions
+        self.num_leaves = self.num_regions * self.leaf_k
+        n_out = self.scopes.patch_numel
+        if arch == "dense":
+            self.decoder = StackedMLP(self.num_leaves, self.z_dim, self.hidden, n_out, activation=activation)
+        else:
+            if self.scopes.patch_shape is None:
+                raise ValueError(
+                    "arch='conv' needs leaf regions that are rectangles of one size (e.g. Poon-Domingos "
+                    "patches); this region graph has irregular leaf regions: use arch='dense'"
+                )
+            self.channels = check_hidden("channels", channels)
+            self.decoder = StackedConvDecoder(
+                self.num_leaves, self.z_dim, (c, *self.scopes.patch_shape), c, self.channels, self.hidden,
+                activation=activation,
+            )
+        if likelihood == "gaussian":
+            # learnt log standard deviation per leaf and pixel value: (L, C, S)
+            self.log_scale = nn.Parameter(torch.full((self.num_leaves, c, self.scopes.max_size), -1.0))
+        #: the sum-product network over external (VAE) leaves; its weights are ``spn.*`` parameters
+        self.spn = SPN(region_graph, num_sums=self.sum_k, leaves=None, num_leaf_components=self.leaf_k)
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    # ------------------------------------------------------------------ leaf side
+    def _leaf_patches(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> ``(B, L, C, S)``: leaf ``l`` reads the patch of region ``l // leaf_k``."""
+        p = self.scopes.gather(x)  # (B, R, C, S)
+        return p.unsqueeze(-3).expand(*p.shape[:-2], self.leaf_k, *p.shape[-2:]).reshape(
+            *p.shape[:-3], self.num_leaves, *p.shape[-2:]
+        )
+
+    @pyro_method
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder outputs per leaf, ``(..., L, z_dim)`` -> ``(..., L, C, S)`` (Gaussian means or logits)."""
+        out = self.decoder(z)
+        c = self.event_shape[0]
+        return out.reshape(*out.shape[: z.dim() - 1], c, self.scopes.max_size)
+
+    def _observed(self, patches: Tensor) -> Tensor | None:
+        """``(B, L, C, S)`` mask of observed, non-padding patch entries; ``None`` when all are."""
+        valid = self.scopes.mask.repeat_interleave(self.leaf_k, 0).unsqueeze(-2)  # (L, 1, S)
+        missing = torch.isnan(patches)
+        if not missing.any() and bool(valid.all()):
+            return None
+        return ~missing & valid
+
+    @pyro_method
+    def leaf_log_lik(self, x: Tensor, z: Tensor) -> Tensor:
+        """:math:`\\log p(x_{R_l} | z_l)` with NaN pixels marginalised (they contribute 0).
+
+        The terms that do not depend on ``z`` are summed on the small ``(B, L)`` side and masking
+        is a multiplication by the observation mask, so the big ``(..., B, L, C, S)`` tensors go
+        through a handful of elementwise passes only.
+
+        :param x: images ``(B, C, H, W)`` (NaN = missing).
+        :param z: leaf latents ``(..., B, L, z_dim)``.
+        :returns: ``(..., B, L)``.
+        """
+        patches = self._leaf_patches(x)  # (B, L, C, S)
+        obs = self._observed(patches)
+        if obs is not None:
+            patches = torch.where(obs, patches, torch.zeros_like(patches))
+        params = self.decode(z)  # (..., B, L, C, S)
+        if self.likelihood == "gaussian":
+            inv_scale = torch.exp(-self.log_scale)  # (L, C, S)
+            const = -self.log_scale - 0.5 * _LOG_2PI
+            if obs is not None:
+                inv_scale, const = inv_scale * obs, const * obs
+            r = (patches - params) * inv_scale
+            return const.sum((-2, -1)) - 0.5 * (r * r).sum((-2, -1))
+        if self.likelihood == "bernoulli":
+            k, n, const = patches, 1.0, None
+        else:
+            k, n = torch.round(patches * _BINOMIAL_N), float(_BINOMIAL_N)
+            const = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+        # k * logits - n * softplus(logits), masked, summed over the patch
+        t = k * params - n * nn.functional.softplus(params)
+        if obs is not None:
+            t = t * obs
+            const = None if const is None else const * obs
+        out = t.sum((-2, -1))
+        return out if const is None else out + const.sum((-2, -1))
+
+    @pyro_method
+    def leaf_log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """:math:`\\log p(x_{R_l}, z_l) = \\log p(x_{R_l} | z_l) + \\log \\mathcal{N}(z_l; 0, I)`.
+
+        :returns: ``(..., B, L)`` for ``z`` of shape ``(..., B, L, z_dim)``.
+        """
+        log_prior = -0.5 * (z * z).sum(-1) - 0.5 * self.z_dim * _LOG_2PI
+        return self.leaf_log_lik(x, z) + log_prior
+
+    # ------------------------------------------------------------------ SPN side
+    @pyro_method
+    def spn_log_value(self, leaf_log_values: Tensor) -> Tensor:
+        """Push leaf log-values ``(..., L)`` through the SPN; returns the log root value ``(...)``."""
+        lv = leaf_log_values
+        if lv.dim() == 0 or lv.shape[-1] != self.num_leaves:
+            raise ValueError(
+                f"leaf_log_values must have shape (..., L={self.num_leaves}), got {tuple(lv.shape)}"
+            )
+        return self.spn(lv.reshape(*lv.shape[:-1], self.num_regions, self.leaf_k))
+
+    # ------------------------------------------------------------------ sampling, MPE, inpainting
+    @torch.no_grad()
+    def select_leaves(self, n: int, leaf_log_values: Tensor | None = None, mode: str = "sample") -> Tensor:
+        """Top-down selection of an induced tree per example (Poon & Domingos 2011).
+
+        :param n: number of trees.
+        :param leaf_log_values: ``(n, L)`` leaf log-values given the evidence, or ``None`` for
+            unconditional selection (every leaf value 1).
+        :param mode: ``"sample"`` (tree drawn from its posterior) or ``"mpe"`` (max-product argmax).
+        :returns: ``(n, R)`` long tensor: selected leaf VAE within each leaf region, ``-1`` for
+            regions outside the tree.
+        """
+        if leaf_log_values is None:
+            leaf_log_values = self._zero.new_zeros(n, self.num_leaves)
+        lv = leaf_log_values.reshape(n, self.num_regions, self.leaf_k)
+        return self.spn.select_leaf_components(lv, mode=mode)
+
+    @torch.no_grad()
+    def _decode_selected(self, z: Tensor, k: Tensor, mode: str = "sample") -> Tensor:
+        """Decode the selected leaves and assemble images.
+
+        :param z: ``(N, L, z_dim)`` latents of all leaves.
+        :param k: ``(N, R)`` selected component per leaf region (``-1``: not selected).
+        :param mode: ``"sample"`` draws pixels from the leaf likelihoods, ``"mean"`` takes their means.
+        :returns: ``(N, C, H, W)``; pixels outside the selected leaves' scopes are NaN.
+        """
+        if mode not in ("sample", "mean"):
+            raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
+        n = z.shape[0]
+        c, s = self.event_shape[0], self.scopes.max_size
+        params = self.decode(z).reshape(n, self.num_regions, self.leaf_k, c, s)
+        idx = k.clamp(min=0).view(n, self.num_regions, 1, 1, 1).expand(n, self.num_regions, 1, c, s)
+        p = params.gather(2, idx).squeeze(2)  # (N, R, C, S)
+        if self.likelihood == "gaussian":
+            if mode == "mean":
+                vals = p
+            else:
+                log_scale = self.log_scale.reshape(self.num_regions, self.leaf_k, c, s)
+                log_scale = log_scale.unsqueeze(0).expand(n, -1, -1, -1, -1).gather(2, idx).squeeze(2)
+                vals = p + torch.exp(log_scale) * torch.randn_like(p)
+        elif self.likelihood == "bernoulli":
+            probs = torch.sigmoid(p)
+            vals = probs if mode == "mean" else torch.bernoulli(probs)
+        else:
+            probs = torch.sigmoid(p)
+            if mode == "mean":
+                vals = probs
+            else:
+                vals = torch.binomial(torch.full_like(probs, float(_BINOMIAL_N)), probs) / _BINOMIAL_N
+        return self.scopes.scatter(vals, k >= 0)
+
+    @torch.no_grad()
+    def sample(self, n: int, mode: str = "sample") -> Tensor:
+        """Draw ``n`` images: an induced tree top-down, then the selected leaf VAEs' ``z ~ N(0, I)`` decoded.
+
+        :param n: number of images.
+        :param mode: ``"sample"`` (pixels from the likelihood) or ``"mean"`` (likelihood means).
+        :returns: ``(n, C, H, W)``.
+        """
+        n = check_positive_int("n", n)
+        z = torch.randn(n, self.num_leaves, self.z_dim, dtype=self._zero.dtype, device=self._zero.device)
+        return self._decode_selected(z, self.select_leaves(n), mode)
+
+    @torch.no_grad()
+    def _complete(self, x: Tensor, guide: Any, num_samples: int, mode: str) -> Tensor:
+        """Shared by :meth:`inpaint` and :meth:`reconstruct`: decoded images given the evidence ``x``."""
+        if not callable(getattr(guide, "leaf_posterior", None)):
+            raise TypeError(
+                f"guide must provide leaf_posterior(x) (e.g. SPVAEGuide), got {type(guide).__name__}"
+            )
+        num_samples = check_positive_int("num_samples", num_samples)
+        if mode not in ("sample", "mpe"):
+            raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
+        x = _check_image(x, self.event_shape, self.likelihood, allow_missing=True)
+        b = x.shape[0]
+        q = guide.leaf_posterior(x)
+        z = q.sample((num_samples,))  # (K, B, L, z_dim)
+        log_joint = self.leaf_log_joint(x, z)
+        log_w = log_joint - q.log_prob(z)  # (K, B, L)
+        # leaf regions without evidence have marginal exactly 1 and posterior = prior
+        patches = self._leaf_patches(x)
+        valid = self.scopes.mask.repeat_interleave(self.leaf_k, 0).unsqueeze(-2)
+        seen = (~torch.isnan(patches) & valid).any(-1).any(-1)  # (B, L)
+        lv = torch.where(seen, torch.logsumexp(log_w, 0) - math.log(num_samples), torch.zeros_like(log_w[0]))
+        k = self.select_leaves(b, lv, mode)
+        if mode == "sample":  # sampling-importance-resampling from the K proposals per leaf
+            j = torch.distributions.Categorical(logits=log_w.movedim(0, -1)).sample()  # (B, L)
+            z_prior = torch.randn_like(z[0])
+        else:  # the most probable proposal under the joint (approximate leaf MAP)
+            j = log_joint.argmax(0)
+            z_prior = torch.zeros_like(z[0])
+        j = j.view(1, b, self.num_leaves, 1).expand(1, b, self.num_leaves, self.z_dim)
+        z_sel = z.gather(0, j).squeeze(0)
+        z_sel = torch.where(seen.unsqueeze(-1), z_sel, z_prior)
+        return self._decode_selected(z_sel, k, "sample" if mode == "sample" else "mean")
+
+    @torch.no_grad()
+    def inpaint(self, x: Tensor, guide: Any, num_samples: int = 100, mode: str = "mpe") -> Tensor:
+        """Fill the missing (NaN) pixels of ``x`` by marginalisation (Tan & Peharz 2019, §5).
+
+        Leaf marginals of the observed pixels are estimated by importance sampling with ``guide``
+        (``num_samples`` per leaf; regions without evidence get exactly 1), the SPN selects an
+        induced tree given them (``mode="sample"``: from its posterior; ``"mpe"``: max-product
+        argmax), and each selected leaf decodes a latent given its observed pixels
+        (``"sample"``: importance resampling and a likelihood draw; ``"mpe"``: the proposal of
+        highest joint density and the likelihood mean).
+
+        :param x: ``(B, C, H, W)`` with NaN at the missing pixels.
+        :returns: ``(B, C, H, W)`` with observed pixels unchanged.
+        """
+        out = self._complete(x, guide, num_samples, mode)
+        return torch.where(torch.isnan(x), out, x)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, guide: Any, num_samples: int = 100) -> Tensor:
+        """MPE-style reconstruction of ``x`` ``(B, C, H, W)``: the likelihood means of the selected leaves."""
+        return self._complete(x, guide, num_samples, "mpe")
+
+    # ------------------------------------------------------------------ Pyro model
+    def forward(self, x: Tensor) -> Tensor:
+        """The Pyro model: ``z ~ N(0, I)`` ``(B, L, z_dim)``, ``x | z ~ SPN(p(x_R | z_l))`` observed."""
+        x = _check_image(x, self.event_shape, self.likelihood, allow_missing=self.allow_missing)
+        b = x.shape[0]
+        with pyro.plate("data", b, dim=-1):
+            prior = dist.Normal(self._zero, self._zero + 1.0).expand([b, self.num_leaves, self.z_dim])
+            prior = prior.to_event(2)
+            z = pyro.sample("z", prior)
+            pyro.sample("x", _SPNOfLeafLikelihoods(self, z), obs=x)
+        return z
+
+
+def region_graph_from_spec(spec: dict[str, Any], event_shape: Sequence[int]) -> RegionGraph:
+    """Build a region graph over the ``H x W`` pixels of ``event_shape`` from a plain dict.
+
+    :raises ValueError: for an unknown ``type`` or bad arguments.
+    """
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    _, h, w = check_event_shape("event_shape", event_shape)
+    try:
+        if kind == "poon_domingos":
+            return poon_domingos((h, w), spec.pop("steps", 7), **spec)
+        if kind == "random_binary_trees":
+            return random_binary_trees(h * w, event_shape=(h, w), **spec)
+    except TypeError as err:
+        raise ValueError(f"bad region graph arguments {spec}: {err}") from None
+    raise ValueError(f"region_graph type must be 'poon_domingos' or 'random_binary_trees', got {kind!r}")
+
+
+def build_spvae(event_shape: Sequence[int] = (1, 28, 28), **kwargs: Any) -> tuple[SPVAE, Any]:
+    """Registry builder: ``(SPVAE, SPVAEGuide)`` sharing region graph and leaf settings.
+
+    Keyword arguments go to :class:`SPVAE`; ``guide_hidden`` (default: ``hidden``) and
+    ``mask_input`` go to :class:`~pyro_spvae.guides.spvae.SPVAEGuide`. ``region_graph`` may also
+    be a plain dict (for JSON configs): ``{"type": "poon_domingos", "steps": [7]}`` or
+    ``{"type": "random_binary_trees", "depth": 4, "num_repetitions": 2, "seed": 0}``.
+    """
+    from pyro_spvae.guides.spvae import SPVAEGuide
+
+    guide_kw = {k: kwargs.pop(k) for k in ("guide_hidden", "mask_input") if k in kwargs}
+    if isinstance(kwargs.get("region_graph"), dict):
+        kwargs["region_graph"] = region_graph_from_spec(kwargs["region_graph"], event_shape)
+    model = SPVAE(event_shape, **kwargs)
+    guide = SPVAEGuide.from_model(model, hidden=guide_kw.get("guide_hidden"),
+                                  mask_input=guide_kw.get("mask_input", False))
+    return model, guide

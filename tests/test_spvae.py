@@ -1,0 +1,426 @@
+"""Tests of the SPVAE model and guide (Tan & Peharz, ICML 2019).
+
+Ground truth: an SPVAE with linear decoders and the Gaussian likelihood has pPCA leaves, whose
+marginals ``p(x_R) = N(b_l, W_l W_l^T + diag s_l^2)`` and posteriors are exact, so the SPN's exact
+``log p(x)`` is the SPN pushed through the exact leaf log-densities.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from torch import nn
+
+from pyro_spvae.guides import SPVAEGuide
+from pyro_spvae.infer import (
+    SPNLeafELBO,
+    SPNLeafIWELBO,
+    SPNRootIWELBO,
+    TraceIWAE_ELBO,
+    log_marginal_likelihood,
+    spn_log_likelihood,
+)
+from pyro_spvae.models import MODELS, SPVAE
+from pyro_spvae.models.spvae import build_spvae
+from pyro_spvae.nn.conv import ConvDecoder, ConvEncoder
+from pyro_spvae.nn.mlp import MLP
+from pyro_spvae.nn.stacked import StackedConvDecoder, StackedConvEncoder, StackedMLP
+from pyro_spvae.spn import poon_domingos, random_binary_trees
+
+SMALL = (1, 4, 4)
+
+
+def _small_linear(seed: int = 0) -> SPVAE:
+    """4 leaf regions of 2x2 pixels, 2 pPCA leaves each (L = 8), z_dim = 2."""
+    torch.manual_seed(seed)
+    graph = poon_domingos((4, 4), 2)
+    model = SPVAE(SMALL, graph, sum_k=2, leaf_k=2, z_dim=2, hidden=(), likelihood="gaussian")
+    with torch.no_grad():
+        model.decoder.layers[0].weight.mul_(2.0)
+        model.log_scale.uniform_(-1.0, -0.3)
+    return model
+
+
+def _pca_params(model: SPVAE, x: torch.Tensor):
+    """Per-leaf W (L, P, d), b (L, P), noise variances (L, P) and patches (B, L, P)."""
+    lin = model.decoder.layers[0]
+    W, b = lin.weight, lin.bias
+    s2 = torch.exp(2 * model.log_scale).reshape(model.num_leaves, -1)
+    patches = model._leaf_patches(x).reshape(x.shape[0], model.num_leaves, -1)
+    return W, b, s2, patches
+
+
+@torch.no_grad()
+def exact_leaf_log_prob(model: SPVAE, x: torch.Tensor) -> torch.Tensor:
+    """Exact pPCA leaf marginals ``(B, L)`` with the observed pixels only (test-side loop)."""
+    W, b, s2, patches = _pca_params(model, x)
+    out = torch.zeros(x.shape[0], model.num_leaves)
+    for n in range(x.shape[0]):
+        for l in range(model.num_leaves):
+            o = ~torch.isnan(patches[n, l])
+            if o.any():
+                cov = W[l][o] @ W[l][o].T + torch.diag(s2[l][o])
+                out[n, l] = dist.MultivariateNormal(b[l][o], cov).log_prob(patches[n, l][o])
+    return out
+
+
+@torch.no_grad()
+def exact_log_prob(model: SPVAE, x: torch.Tensor) -> torch.Tensor:
+    return model.spn_log_value(exact_leaf_log_prob(model, x))
+
+
+class ExactLeafGuide(nn.Module):
+    """The exact pPCA leaf posteriors given the observed pixels (missing pixels drop out)."""
+
+    def __init__(self, model: SPVAE):
+        super().__init__()
+        self.model = model
+
+    def leaf_posterior(self, x):
+        W, b, s2, patches = _pca_params(self.model, x)
+        obs = ~torch.isnan(patches)
+        sinv = torch.where(obs, 1.0 / s2, torch.zeros_like(patches))  # (B, L, P)
+        resid = torch.where(obs, patches - b, torch.zeros_like(patches))
+        d = W.shape[-1]
+        prec = torch.eye(d) + torch.einsum("lpi,blp,lpj->blij", W, sinv, W)
+        cov = torch.linalg.inv(prec)
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        loc = torch.einsum("blij,lpj,blp->bli", cov, W, sinv * resid)
+        return dist.MultivariateNormal(loc, cov)
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("z", self.leaf_posterior(x).to_event(1))
+
+
+def _small_data(n=3, seed=1):
+    return torch.rand(n, *SMALL, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- structure and shapes
+def test_default_structure_matches_paper():
+    model = SPVAE()
+    assert model.num_leaves == 32
+    assert model.spn.num_sum_nodes == 167 and model.spn.num_product_nodes == 800
+    assert model.scopes.patch_shape == (7, 7) and model.scopes.max_size == 49
+
+
+def test_forward_sites_and_shapes():
+    model, guide = build_spvae(SMALL, region_graph=poon_domingos((4, 4), 2), z_dim=3, hidden=(5,))
+    x = _small_data(5)
+    tr = pyro.poutine.trace(model).get_trace(x)
+    tr.compute_log_prob()
+    assert tr.nodes["z"]["value"].shape == (5, model.num_leaves, 3)
+    assert tr.nodes["x"]["log_prob"].shape == (5,)
+    gtr = pyro.poutine.trace(guide).get_trace(x)
+    assert gtr.nodes["z"]["value"].shape == (5, model.num_leaves, 3)
+    assert gtr.nodes["z"]["fn"].event_shape == (model.num_leaves, 3)
+
+
+# ---------------------------------------------------------------- ground truth (pPCA leaves)
+@pytest.mark.parametrize("bound", [SPNLeafELBO, SPNLeafIWELBO, SPNRootIWELBO])
+def test_exact_posterior_bounds_equal_exact(bound):
+    model = _small_linear()
+    x = _small_data()
+    exact = exact_log_prob(model, x)
+    for k in (1, 4):
+        est = bound(num_particles=k).per_example_bound(model, ExactLeafGuide(model), x)
+        assert torch.allclose(est, exact, atol=2e-3, rtol=0), (k, est, exact)
+
+
+def test_exact_posterior_with_missing_pixels():
+    model = _small_linear()
+    x = _small_data()
+    x[:, :, 0, :] = math.nan  # the top row is missing
+    x[0, :, 2:, 2:] = math.nan  # and a whole leaf region of the first image
+    exact = exact_log_prob(model, x)
+    est = spn_log_likelihood(model, ExactLeafGuide(model), x, num_samples=8, chunk_size=3)
+    assert torch.allclose(est, exact, atol=2e-3, rtol=0)
+    # marginalisation lowers the number of observed pixels, so the density is larger than any full one
+    full = exact_log_prob(model, _small_data())
+    assert torch.isfinite(est).all() and (exact > full).all()
+
+
+def test_pyro_model_has_the_spn_marginal():
+    """DESIGN §3: the plain Pyro model (all leaf latents from the prior, x from the SPN of decoders)
+    has the same marginal. Importance sampling on the Pyro model's traces with a defensive proposal
+    (per leaf: half prior, half exact leaf posterior, so every weight is at most 2^L p(x)) converges
+    to the exact log p(x); the plain Trace_ELBO with the exact leaf posteriors stays below it."""
+    model = _small_linear()
+    exact_guide = ExactLeafGuide(model)
+    x = _small_data()
+    exact = exact_log_prob(model, x)
+
+    def defensive_guide(x):
+        post = exact_guide.leaf_posterior(x)
+        loc = torch.stack([torch.zeros_like(post.loc), post.loc], -2)  # (B, L, 2, d)
+        cov = torch.stack([torch.eye(2).expand_as(post.covariance_matrix), post.covariance_matrix], -3)
+        half = dist.Categorical(torch.ones(loc.shape[:-1]))
+        mix = dist.MixtureSameFamily(half, dist.MultivariateNormal(loc, cov))
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("z", mix.to_event(1))
+
+    with torch.no_grad():
+        res = log_marginal_likelihood(model, defensive_guide, x, num_samples=10000, chunk_size=2500,
+                                      progress=False, psis=False, max_plate_nesting=1)
+        trace = -Trace_ELBO(num_particles=200, vectorize_particles=True, max_plate_nesting=1).loss(
+            model, exact_guide, x)
+    est = res.log_px.float()
+    assert ((est - exact).abs() < 0.1).all(), (est, exact)
+    assert trace < float(exact.sum())  # pays the KL of leaves outside the selected trees
+
+
+def test_bounds_with_learnt_guide_are_below_exact_and_tighten():
+    model = _small_linear()
+    guide = SPVAEGuide.from_model(model, hidden=(8,))
+    x = _small_data(2)
+    exact = exact_log_prob(model, x)
+    reps = 100
+    xr = x.repeat(reps, 1, 1, 1)
+    means = []
+    with torch.no_grad():
+        for k in (1, 30):
+            est = SPNLeafIWELBO(k).per_example_bound(model, guide, xr).reshape(reps, -1)
+            mean, se = est.mean(0), est.std(0) / math.sqrt(reps)
+            assert (mean <= exact + 4 * se).all()
+            means.append((mean, se))
+        root = SPNRootIWELBO(30).per_example_bound(model, guide, xr).reshape(reps, -1)
+        leaf_elbo = SPNLeafELBO(1).per_example_bound(model, guide, xr).reshape(reps, -1)
+    (m1, s1), (m2, s2) = means
+    assert (m2 > m1 + 3 * (s1 + s2)).all()
+    assert (root.mean(0) <= exact + 4 * root.std(0) / math.sqrt(reps)).all()
+    assert (leaf_elbo.mean(0) <= exact).all()
+    with torch.no_grad():
+        big = spn_log_likelihood(model, guide, x, num_samples=2000, chunk_size=500)
+    assert ((exact - big) < exact - m2).all() and (big < exact + 0.05).all()
+
+
+# ---------------------------------------------------------------- stacked vs per-leaf evaluation
+def _per_leaf_patch(x, model, l):
+    r = l // model.leaf_k
+    idx = list(model.region_graph.regions[r])
+    return x.reshape(x.shape[0], x.shape[1], -1)[:, :, idx].reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("arch", ["dense", "conv"])
+def test_stacked_leaf_networks_match_separate_leaves(arch):
+    torch.manual_seed(0)
+    ev = (1, 6, 6)
+    graph = poon_domingos((6, 6), 3)  # 4 patches of 3x3
+    model = SPVAE(ev, graph, leaf_k=2, z_dim=3, hidden=(7,), arch=arch, channels=(4,), likelihood="gaussian")
+    guide = SPVAEGuide.from_model(model)
+    L = model.num_leaves
+    if arch == "dense":
+        decs = [MLP(3, (7,), 9, activation="softplus") for _ in range(L)]
+        encs = [MLP(9, (7,), 6, activation="softplus") for _ in range(L)]
+        model.decoder = StackedMLP.from_modules(decs)
+        guide.encoder = StackedMLP.from_modules(encs)
+    else:
+        decs = [ConvDecoder(3, (1, 3, 3), 1, (4,), (7,), activation="softplus") for _ in range(L)]
+        encs = [ConvEncoder((1, 3, 3), 6, (4,), (7,), activation="softplus") for _ in range(L)]
+        model.decoder = StackedConvDecoder.from_modules(decs)
+        guide.encoder = StackedConvEncoder.from_modules(encs)
+    with torch.no_grad():
+        model.log_scale.uniform_(-1, 0)
+    x = torch.rand(4, *ev)
+    z = torch.randn(2, 4, L, 3)  # extra particle dim
+    got = model.leaf_log_lik(x, z)
+    q = guide.leaf_posterior(x)
+    for l in range(L):
+        patch = _per_leaf_patch(x, model, l)  # (B, 9)
+        mean = decs[l](z[:, :, l]).reshape(2, 4, 9)
+        sd = model.log_scale[l].reshape(9).exp()
+        want = dist.Normal(mean, sd).log_prob(patch).sum(-1)
+        assert torch.allclose(got[..., l], want, atol=1e-4), l
+        enc_in = patch if arch == "dense" else patch.reshape(4, 1, 3, 3)
+        h = encs[l](enc_in)
+        assert torch.allclose(q.base_dist.loc[:, l], h[:, :3], atol=1e-5)
+        assert torch.allclose(q.base_dist.scale[:, l], nn.functional.softplus(h[:, 3:]) + 1e-4, atol=1e-5)
+
+
+def test_guide_fast_path_matches_distribution():
+    """``leaf_rsample`` returns log q(z) equal in value AND gradient to leaf_posterior(x).log_prob(z)."""
+    model, guide = build_spvae(SMALL, region_graph=poon_domingos((4, 4), 2), z_dim=3, hidden=(5,))
+    x = _small_data(4)
+    torch.manual_seed(3)
+    z, log_q = guide.leaf_rsample(x, 6)
+    params = list(guide.parameters())
+    w = torch.linspace(0, 1, log_q.numel()).view_as(log_q)  # a generic linear functional
+    g_fast = torch.autograd.grad((log_q * w).sum(), params)
+    torch.manual_seed(3)
+    q = guide.leaf_posterior(x)
+    z2 = q.rsample((6,))
+    log_q2 = q.log_prob(z2)
+    g_slow = torch.autograd.grad((log_q2 * w).sum(), params)
+    assert torch.allclose(z, z2, atol=1e-6) and torch.allclose(log_q, log_q2, atol=1e-4)
+    for a, b in zip(g_fast, g_slow):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_random_binary_tree_leaves_with_padding():
+    graph = random_binary_trees(36, depth=3, num_repetitions=2, seed=0, event_shape=(6, 6))
+    model, guide = build_spvae((1, 6, 6), region_graph=graph, z_dim=2, hidden=(4,))
+    sizes = {len(r) for r in graph.regions[: graph.num_leaf_regions]}
+    assert len(sizes) > 1  # unequal leaf regions: padding is exercised
+    x = torch.rand(3, 1, 6, 6)
+    z = torch.randn(3, model.num_leaves, 2)
+    got = model.leaf_log_lik(x, z)
+    params = model.decode(z)  # (B, L, 1, S)
+    for l in range(model.num_leaves):
+        patch = _per_leaf_patch(x, model, l)
+        n = patch.shape[1]
+        sd = model.log_scale[l, 0, :n].exp()
+        want = dist.Normal(params[:, l, 0, :n], sd).log_prob(patch).sum(-1)
+        assert torch.allclose(got[:, l], want, atol=1e-4)
+    assert math.isfinite(SPNLeafIWELBO(2).loss(model, guide, x))
+    s = model.sample(5)
+    assert s.shape == (5, 1, 6, 6) and torch.isfinite(s).all()
+    with pytest.raises(ValueError, match="rectangles"):
+        SPVAE((1, 6, 6), graph, arch="conv")
+
+
+# ---------------------------------------------------------------- training
+ESTIMATORS = {
+    "trace": lambda: Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
+    "iwae": lambda: TraceIWAE_ELBO(num_particles=3, max_plate_nesting=1),
+    "spn-leaf": lambda: SPNLeafELBO(1),
+    "spn-leaf-iw": lambda: SPNLeafIWELBO(5),
+    "spn-root-iw": lambda: SPNRootIWELBO(5),
+}
+
+
+@pytest.mark.parametrize(
+    "arch, elbo",
+    [("dense", name) for name in sorted(ESTIMATORS)] + [("conv", "trace"), ("conv", "spn-leaf-iw")],
+)
+def test_trains_a_few_steps(arch, elbo):
+    torch.manual_seed(0)
+    ev = (1, 8, 8)
+    model, guide = build_spvae(ev, region_graph=poon_domingos((8, 8), 4), z_dim=3, hidden=(16,), arch=arch,
+                               channels=(4,), likelihood="gaussian")
+    base = torch.rand(2, *ev)
+    x = (base.repeat(4, 1, 1, 1) + 0.05 * torch.randn(8, *ev)).clamp(0, 1)
+    optim = pyro.optim.Adam(lambda name: {"lr": 3e-2 if name.startswith("spn.") else 1e-2})
+    svi = SVI(model, guide, optim, ESTIMATORS[elbo]())
+    losses = [svi.step(x) for _ in range(15)]
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) < sum(losses[:3])
+    spn_params = [p for n, p in pyro.get_param_store().named_parameters() if n.startswith("spn")]
+    assert spn_params, "the SPN sum weights must be trained parameters"
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "binomial"])
+def test_discrete_likelihoods(likelihood):
+    model, guide = build_spvae(SMALL, region_graph=poon_domingos((4, 4), 2), z_dim=2, hidden=(4,),
+                               likelihood=likelihood)
+    g = torch.Generator().manual_seed(0)
+    if likelihood == "bernoulli":
+        x = torch.bernoulli(torch.full((3, *SMALL), 0.5), generator=g)
+        bad = torch.full((3, *SMALL), 0.5)
+    else:
+        x = torch.randint(0, 256, (3, *SMALL), generator=g).float() / 255
+        bad = x + 0.5 / 255
+    loss = SPNLeafIWELBO(3).loss(model, guide, x)
+    assert math.isfinite(loss)
+    assert math.isfinite(Trace_ELBO().loss(model, guide, x))
+    s = model.sample(7)
+    if likelihood == "bernoulli":
+        assert ((s == 0) | (s == 1)).all()
+    else:
+        k = s * 255
+        assert torch.allclose(k, k.round(), atol=1e-3) and (s >= 0).all() and (s <= 1).all()
+    with pytest.raises(ValueError, match="Bernoulli|Binomial"):
+        model(bad)
+
+
+# ---------------------------------------------------------------- sampling, MPE, inpainting
+def test_sampling_and_inpainting():
+    torch.manual_seed(0)
+    model, guide = build_spvae((1, 8, 8), region_graph=poon_domingos((8, 8), 4), z_dim=3, hidden=(8,))
+    s = model.sample(6)
+    assert s.shape == (6, 1, 8, 8) and torch.isfinite(s).all()
+    means = model.sample(6, mode="mean")
+    assert torch.isfinite(means).all()
+    x = torch.rand(4, 1, 8, 8)
+    xm = x.clone()
+    xm[:, :, :4, :] = math.nan  # top half missing: two leaf regions with no evidence
+    xm[1, :, 5, 5] = math.nan
+    for mode in ("mpe", "sample"):
+        out = model.inpaint(xm, guide, num_samples=16, mode=mode)
+        observed = ~torch.isnan(xm)
+        assert torch.isfinite(out).all()
+        assert torch.equal(out[observed], x[observed])
+    rec = model.reconstruct(x, guide, num_samples=8)
+    assert rec.shape == x.shape and torch.isfinite(rec).all()
+    # the Pyro model marginalises missing pixels: its log-density is finite
+    tr = pyro.poutine.trace(pyro.poutine.replay(model, pyro.poutine.trace(guide).get_trace(xm))).get_trace(xm)
+    assert torch.isfinite(tr.log_prob_sum())
+
+
+def test_inpainting_selects_the_matching_leaf():
+    """With one sum over two leaf VAEs of very different means, the observed half of a patch decides
+    which leaf the SPN selects, and the missing half is filled from that leaf's decoder."""
+    torch.manual_seed(0)
+    graph = poon_domingos((2, 4), 2)  # two leaf regions of 2x2 pixels, one product at the root
+    model = SPVAE((1, 2, 4), graph, sum_k=1, leaf_k=2, z_dim=1, hidden=(), likelihood="gaussian")
+    with torch.no_grad():
+        model.decoder.layers[0].weight.zero_()
+        model.decoder.layers[0].bias.copy_(torch.tensor([0.1, 0.9, 0.1, 0.9])[:, None].expand(4, 4))
+        model.log_scale.fill_(math.log(0.05))
+    guide = SPVAEGuide.from_model(model, hidden=(2,))
+    x = torch.full((2, 1, 2, 4), math.nan)
+    x[0, 0, 0, :] = 0.9  # top row bright -> leaf 1 in both regions
+    x[1, 0, 0, :] = 0.1
+    out = model.inpaint(x, guide, num_samples=4, mode="mpe")
+    assert torch.allclose(out[0, 0, 1], torch.full((4,), 0.9), atol=1e-5)
+    assert torch.allclose(out[1, 0, 1], torch.full((4,), 0.1), atol=1e-5)
+
+
+# ---------------------------------------------------------------- errors
+def test_bad_arguments_raise_clear_errors():
+    graph = poon_domingos((4, 4), 2)
+    for kw, match in [({"z_dim": 0}, "z_dim"), ({"sum_k": 0}, "sum_k"), ({"leaf_k": -1}, "leaf_k"),
+                      ({"likelihood": "poisson"}, "likelihood"), ({"arch": "rnn"}, "arch")]:
+        with pytest.raises(ValueError, match=match):
+            SPVAE(SMALL, graph, **kw)
+    with pytest.raises(ValueError, match="incompatible"):
+        SPVAE((1, 5, 5), graph)
+    with pytest.raises(TypeError, match="RegionGraph"):
+        SPVAE(SMALL, "poon-domingos")
+    with pytest.raises(ValueError, match="cannot split"):
+        SPVAE((1, 6, 6))
+    model, guide = build_spvae(SMALL, region_graph=graph, z_dim=2, hidden=(3,))
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.rand(3, 16))
+    with pytest.raises(ValueError, match="shape"):
+        guide(torch.rand(3, 1, 4, 5))
+    with pytest.raises(ValueError, match="floating"):
+        model(torch.ones(3, *SMALL, dtype=torch.long))
+    with pytest.raises(ValueError, match="infinite"):
+        model(torch.full((3, *SMALL), math.inf))
+    strict = SPVAE(SMALL, graph, z_dim=2, hidden=(3,), allow_missing=False)
+    with pytest.raises(ValueError, match="NaN"):
+        strict(torch.full((3, *SMALL), math.nan))
+    with pytest.raises(ValueError, match="leaf_log_values"):
+        model.spn_log_value(torch.zeros(3, 5))
+    with pytest.raises(TypeError, match="leaf_posterior"):
+        model.inpaint(torch.rand(2, *SMALL), object())
+    with pytest.raises(ValueError, match="region_graph type"):
+        build_spvae(SMALL, region_graph={"type": "quadtree"})
+
+
+def test_registry_and_region_graph_specs():
+    model, guide = MODELS["spvae"]((1, 8, 8), region_graph={"type": "poon_domingos", "steps": [4]}, z_dim=2,
+                                   hidden=[4], mask_input=True)
+    assert isinstance(model, SPVAE) and isinstance(guide, SPVAEGuide) and guide.mask_input
+    x = torch.rand(2, 1, 8, 8)
+    x[0, 0, 0, 0] = math.nan
+    assert math.isfinite(SPNLeafIWELBO(2).loss(model, guide, x))
+    rbt, _ = MODELS["spvae"]((1, 8, 8), region_graph={"type": "random_binary_trees", "depth": 3, "seed": 1},
+                             z_dim=2, hidden=[4])
+    assert rbt.num_regions == 8
