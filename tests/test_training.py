@@ -1,0 +1,345 @@
+"""Trainer: step scaling, sharding, NaN guard, validation/early stopping, metrics, exact resume.
+
+Uses a tiny self-contained model/guide so the trainer is tested independently of the VAE.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.nn import PyroModule, PyroParam
+from torch import nn
+
+from pyro_spvae.training import (
+    DistributedContext,
+    NonFiniteError,
+    Trainer,
+    load_checkpoint,
+    make_elbo,
+    make_optimizer,
+    read_metrics,
+    shards_for_rank,
+)
+
+D, Z = 6, 2
+
+
+class TinyModel(PyroModule):
+    """z ~ N(0, I), x ~ N(dec(z), 0.5); ``poison`` injects an infinite factor (guard tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dec = PyroModule[nn.Linear](Z, D)
+        self.poison = False
+
+    def forward(self, x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(Z), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.dec(z), 0.5).to_event(1), obs=x)
+        if self.poison:
+            pyro.factor("poison", self.dec.bias.sum() * float("inf"))
+
+
+class TinyGuide(PyroModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = PyroModule[nn.Linear](D, 2 * Z)
+
+    def forward(self, x: torch.Tensor) -> None:
+        loc, log_scale = self.enc(x).chunk(2, dim=-1)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+class NoisyData:
+    """Fixed vectors plus generator-driven noise (exercises the per-shard data generator).
+
+    ``fail_at`` raises ``KeyboardInterrupt`` on that call of :meth:`batch` (simulated crash)."""
+
+    def __init__(self, n: int = 40, seed: int = 1, fail_at: int | None = None, noise: float = 0.1) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.noise = noise
+        self.x = torch.randn(n, D, generator=g)
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt("simulated crash")
+        return self.x[idx] + self.noise * torch.randn(idx.shape[0], D, generator=generator)
+
+
+def make_trainer(
+    tmp_path=None, *, seed: int = 0, data=None, valid=None, model=None, guide=None, **kw
+) -> Trainer:
+    pyro.clear_param_store()
+    torch.manual_seed(123)  # identical initialisation across trainers
+    model = model or TinyModel()
+    guide = guide or TinyGuide()
+    kw.setdefault("batch_size", 8)
+    kw.setdefault("max_steps", 12)
+    return Trainer(
+        model,
+        guide,
+        kw.pop("elbo", Trace_ELBO()),
+        kw.pop("optim", make_optimizer(1e-2)),
+        data or NoisyData(),
+        valid_data=valid,
+        seed=seed,
+        out_dir=tmp_path,
+        progress=False,
+        **kw,
+    )
+
+
+def params_of(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    out.update({f"guide.{k}": v.detach().clone() for k, v in trainer.guide.state_dict().items()})
+    return out
+
+
+def test_fit_reduces_loss_and_writes_metrics(tmp_path):
+    t = make_trainer(
+        tmp_path, max_steps=None, max_epochs=30, eval_every=25, log_every=5, valid=NoisyData(16, 2)
+    )
+    before = t.evaluate()
+    result = t.fit()
+    assert result.step == 30 * (40 // 8)
+    assert result.best_valid_loss < before
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(5, 151, 5))
+    keys = {"step", "epoch", "train_loss", "valid_loss", "examples_per_s", "wall_time", "cpu_time", "lr"}
+    keys.add("skipped_steps")
+    assert all(keys <= set(r) for r in records)
+    assert records[-1]["lr"] == pytest.approx(1e-2)
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert [r["step"] for r in records if r["valid_loss"] is not None] == [25, 50, 75, 100, 125, 150]
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "best.pt").exists()
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["step"] == result.best_step
+    assert best["best_valid_loss"] == pytest.approx(result.best_valid_loss)
+
+
+def test_step_divides_by_global_batch_and_matches_manual_gradient():
+    """With a deterministic objective, one step equals a hand-made Adam step on the mean loss."""
+
+    class Mean(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mu = nn.Parameter(torch.zeros(D))
+
+        def forward(self, x):
+            with pyro.plate("data", x.shape[0], dim=-1):
+                pyro.sample("x", dist.Normal(self.mu, 1.0).to_event(1), obs=x)
+
+    class Empty(PyroModule):
+        def forward(self, x):
+            pass
+
+    x = torch.randn(10, D)
+    t = make_trainer(model=Mean(), guide=Empty(), optim=make_optimizer(0.1), batch_size=10, max_steps=1)
+    loss = t.step(x)
+    expected_loss = -dist.Normal(torch.zeros(D), 1.0).log_prob(x).sum() / 10
+    assert loss == pytest.approx(float(expected_loss), rel=1e-6)
+    # Adam's first step moves each coordinate by lr * sign(grad); grad of the mean loss = -(mean x).
+    assert torch.allclose(t.model.mu.detach(), 0.1 * torch.sign(x.mean(0)), atol=1e-6)
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_sharded_step_equals_full_batch_for_deterministic_objective(num_shards):
+    """Shards (uneven: 8 = 3 + 3 + 2) and the 1/S scaling of a global site reproduce the full batch."""
+
+    class GlobalModel(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(D))
+
+        def forward(self, x):
+            theta = pyro.sample("theta", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+            with pyro.plate("data", x.shape[0], dim=-1):
+                pyro.sample("x", dist.Normal(self.w + theta, 1.0).to_event(1), obs=x)
+
+    class DeltaGuide(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.theta_loc = PyroParam(torch.full((D,), 0.3))
+
+        def forward(self, x):
+            pyro.sample("theta", dist.Delta(self.theta_loc).to_event(1))
+
+    def run(shards):
+        t = make_trainer(
+            model=GlobalModel(),
+            guide=DeltaGuide(),
+            num_shards=shards,
+            data=NoisyData(noise=0.0),
+            max_steps=5,
+            optim=make_optimizer(0.05),
+        )
+        t.fit()
+        return params_of(t)
+
+    full, sharded = run(1), run(num_shards)
+    for k in full:
+        assert torch.allclose(full[k], sharded[k], atol=1e-6), k
+
+
+def test_shards_for_rank_partition():
+    idx = torch.randperm(11)
+    for world in (1, 2, 3):
+        got = {}
+        for rank in range(world):
+            ctx = DistributedContext(rank=rank, world_size=world)
+            got.update(dict(shards_for_rank(idx, 3, ctx)))
+        assert torch.equal(torch.cat([got[k] for k in range(3)]), idx)
+    with pytest.raises(ValueError, match="at least the number of processes"):
+        shards_for_rank(idx, 1, DistributedContext(rank=0, world_size=2))
+
+
+def test_resume_after_crash_is_bit_identical(tmp_path):
+    """Crash (KeyboardInterrupt) mid-run after a mid-epoch checkpoint; a new trainer resumes it."""
+    ref = make_trainer(None, max_steps=13, valid=NoisyData(16, 2), eval_every=4)
+    ref.fit()
+    expected = params_of(ref)
+
+    # 40 examples / batch 8 = 5 steps per epoch; checkpoints every 4 steps (mid-epoch at 4, 8, 12).
+    crashing = make_trainer(
+        tmp_path, max_steps=13, valid=NoisyData(16, 2), eval_every=4, data=NoisyData(fail_at=11)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 8
+
+    resumed = make_trainer(tmp_path, max_steps=13, valid=NoisyData(16, 2), eval_every=4)
+    assert resumed.resume()
+    assert resumed.step_count == 8
+    resumed.fit()
+    got = params_of(resumed)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    # The metrics file continues consistently: no duplicated steps.
+    steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    assert steps == sorted(set(steps))
+
+
+def test_resume_refuses_mismatched_seed(tmp_path):
+    make_trainer(tmp_path, max_steps=2, eval_every=2).fit()
+    other = make_trainer(tmp_path, seed=1, max_steps=4, eval_every=2)
+    with pytest.raises(ValueError, match="seed=0"):
+        other.resume()
+
+
+def test_nonfinite_guard_raises_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    t = make_trainer(tmp_path, max_steps=10, eval_every=2)
+    t.fit()
+    t2 = make_trainer(tmp_path, max_steps=20, eval_every=2)
+    t2.resume()
+    good = load_checkpoint(tmp_path / "checkpoint.pt")
+    t2.model.poison = True
+    with pytest.raises(NonFiniteError, match=r"step 11: loss is -?inf; non-finite gradients of dec\.bias"):
+        t2.fit()
+    # Nothing non-finite reached the parameters or the checkpoint on disk.
+    assert all(torch.isfinite(v).all() for v in params_of(t2).values())
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == good["step"] == 10
+
+
+def test_nonfinite_guard_skip_mode(tmp_path):
+    class SometimesPoisoned(TinyModel):
+        trainer: Trainer | None = None
+
+        def forward(self, x):
+            self.poison = self.trainer is not None and self.trainer.step_count % 3 == 1
+            super().forward(x)
+
+    model = SometimesPoisoned()
+    t = make_trainer(tmp_path, model=model, max_steps=9, eval_every=3, on_nonfinite="skip", log_every=9)
+    model.trainer = t
+    result = t.fit()
+    assert result.skipped_steps == 3  # steps 2, 5, 8
+    assert all(torch.isfinite(v).all() for v in params_of(t).values())
+    assert read_metrics(tmp_path / "metrics.jsonl")[-1]["skipped_steps"] == 3
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["skipped_steps"] == 3
+
+    always = TinyModel()
+    always.poison = True
+    t = make_trainer(model=always, max_steps=9, on_nonfinite="skip", max_consecutive_skips=2)
+    with pytest.raises(NonFiniteError, match="3 consecutive steps skipped"):
+        t.fit()
+    assert t.skipped_steps == 2
+
+
+def test_early_stopping_with_patience(tmp_path):
+    # Learning rate 0: validation never improves after the first check.
+    t = make_trainer(
+        tmp_path, max_steps=100, eval_every=2, patience=3, valid=NoisyData(16, 2), optim=make_optimizer(1e-12)
+    )
+    result = t.fit()
+    assert result.stopped_early
+    assert result.step == 2 * (1 + 3)
+    assert result.best_step == 2
+    # A resumed early-stopped run does not train further.
+    again = make_trainer(tmp_path, max_steps=100, eval_every=2, patience=3, valid=NoisyData(16, 2))
+    assert again.resume() and again.fit().step == result.step
+
+
+def test_group_learning_rates_apply_by_name():
+    optim = make_optimizer(1e-3, group_lrs={r"^enc\.": 1e-2})
+    t = make_trainer(optim=optim, max_steps=1)
+    t.fit()
+    lrs = {pyro.get_param_store().param_name(p): o.param_groups[0]["lr"] for p, o in optim.optim_objs.items()}
+    assert lrs["enc.weight"] == lrs["enc.bias"] == 1e-2
+    assert lrs["dec.weight"] == lrs["dec.bias"] == 1e-3
+    assert t.current_lr() == [1e-3, 1e-2]
+
+
+def test_works_with_other_elbos():
+    for name in ("meanfield", "renyi"):
+        t = make_trainer(elbo=make_elbo(name, num_particles=3), max_steps=3)
+        assert math.isfinite(t.fit().train_loss)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"batch_size": 100}, "exceeds the 40 training examples"),
+        ({"max_steps": None}, "give max_steps or max_epochs"),
+        ({"on_nonfinite": "ignore"}, "on_nonfinite must be"),
+        ({"num_shards": 9}, "exceeds batch_size"),
+        ({"eval_every": 1.5}, "eval_every must be an integer"),
+    ],
+)
+def test_invalid_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_trainer(**kwargs)
+
+
+def test_rejects_non_elbo_and_clashing_names():
+    with pytest.raises(TypeError, match="pyro.infer.ELBO"):
+        make_trainer(elbo="trace")
+
+    class ClashGuide(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dec = PyroModule[nn.Linear](D, 2 * Z)
+
+    with pytest.raises(ValueError, match="share Pyro parameter names"):
+        make_trainer(guide=ClashGuide())
+
+
+def test_metrics_are_valid_json_lines(tmp_path):
+    make_trainer(tmp_path, max_steps=4, log_every=2).fit()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    assert [json.loads(line)["step"] for line in lines] == [2, 4]
