@@ -90,7 +90,7 @@ class LinearGaussianGuide(PyroModule):
         self.log_scale = nn.Parameter(torch.full((z_dim,), math.log(init_scale), dtype=dtype))
 
     def forward(self, x: Tensor) -> None:
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         loc = x @ self.enc_weight.T + self.enc_bias
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("z", dist.Normal(loc, self.log_scale.exp()).to_event(1))
@@ -131,7 +131,7 @@ class MixtureOfPPCAGuide(PyroModule):
         self.log_scale = nn.Parameter(torch.zeros(z_dim, dtype=dtype))
 
     def forward(self, x: Tensor) -> None:
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("c", dist.Categorical(logits=x @ self.cls_weight.T + self.cls_bias))
             loc = x @ self.enc_weight.T + self.enc_bias
@@ -195,7 +195,7 @@ class GlobalOffsetPPCAGuide(PyroModule):
         self.log_scale = nn.Parameter(torch.zeros(z_dim, dtype=dtype))
 
     def forward(self, x: Tensor) -> None:
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         q_theta = dist.Normal(self.theta_loc, self.log_theta_scale.exp()).to_event(1)
         theta = pyro.sample("theta", q_theta)
         loc = (x - theta) @ self.enc_weight.T + self.enc_bias

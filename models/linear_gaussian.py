@@ -34,31 +34,26 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_spvae.nn.checks import check_event_shape, check_float_tensor, check_input_like, check_positive_int
+
 __all__ = ["LinearGaussianVAE", "MixtureOfPPCA", "GlobalOffsetPPCA", "build_linear_gaussian"]
 
 
-def _check_dim(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_positive(name: str, value: float) -> float:
-    value = float(value)
+def _check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive finite float, got {type(value).__name__} {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite float, got {value!r}")
-    return value
+    return float(value)
 
 
-def _validate_x(x: Tensor, x_dim: int) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 2 or x.shape[-1] != x_dim:
-        raise ValueError(f"x must have shape (N, {x_dim}), got {tuple(x.shape)}")
-    if torch.isnan(x).any():
-        raise ValueError("x contains NaN values")
+def _validate_x(x: object, x_dim: int, module: nn.Module | None = None) -> None:
+    """Check a batch of flat data vectors: a finite float tensor ``(N, x_dim)`` with ``N >= 1``, of
+    the dtype/device of ``module``'s parameters when given."""
+    check_float_tensor("x", x, (x_dim,), batch_dims=1)
+    param = next(module.parameters(), None) if module is not None else None
+    if param is not None:
+        check_input_like("x", x, param)
 
 
 def _gaussian_posterior(W: Tensor, s: Tensor, resid: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,8 +90,8 @@ class LinearGaussianVAE(PyroModule):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.x_dim = _check_dim("x_dim", x_dim)
-        self.z_dim = _check_dim("z_dim", z_dim)
+        self.x_dim = check_positive_int("x_dim", x_dim)
+        self.z_dim = check_positive_int("z_dim", z_dim)
         _check_positive("noise_scale", noise_scale)
         _check_positive("weight_scale", weight_scale)
         self.W = nn.Parameter(weight_scale * torch.randn(x_dim, z_dim, dtype=dtype))
@@ -110,7 +105,7 @@ class LinearGaussianVAE(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         """Pyro model: ``z ~ N(0, I)``, ``x ~ N(W z + b, s^2 I)``; ``x`` has shape ``(N, D)``."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         W, b, s = self.W, self.b, self.log_s.exp()
         with pyro.plate("data", x.shape[0], dim=-1):
             zero = torch.zeros(self.z_dim, dtype=W.dtype)
@@ -126,12 +121,12 @@ class LinearGaussianVAE(PyroModule):
 
     def exact_log_prob(self, x: Tensor) -> Tensor:
         """Exact ``log p(x_i) = log N(x_i; b, W W^T + s^2 I)``, shape ``(N,)``."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         return self.marginal().log_prob(x)
 
     def exact_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Exact posterior ``p(z | x_i) = N(loc_i, cov)``: ``loc (N, d)``, ``cov (d, d)``."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         loc, cov = _gaussian_posterior(self.W, self.log_s.exp(), x - self.b)
         return loc, cov
 
@@ -159,9 +154,9 @@ class MixtureOfPPCA(PyroModule):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.num_components = _check_dim("num_components", num_components)
-        self.x_dim = _check_dim("x_dim", x_dim)
-        self.z_dim = _check_dim("z_dim", z_dim)
+        self.num_components = check_positive_int("num_components", num_components)
+        self.x_dim = check_positive_int("x_dim", x_dim)
+        self.z_dim = check_positive_int("z_dim", z_dim)
         _check_positive("noise_scale", noise_scale)
         _check_positive("offset_scale", offset_scale)
         C = num_components
@@ -172,7 +167,7 @@ class MixtureOfPPCA(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         """Pyro model over ``x`` of shape ``(N, D)``; sites ``"c"``, ``"z"``, ``"x"``."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         W, b, s = self.W, self.b, self.log_s.exp()
         with pyro.plate("data", x.shape[0], dim=-1):
             c = pyro.sample("c", dist.Categorical(logits=self.logits))
@@ -189,7 +184,7 @@ class MixtureOfPPCA(PyroModule):
 
     def exact_log_prob(self, x: Tensor) -> Tensor:
         """Exact ``log p(x_i) = logsumexp_c [log pi_c + log N(x_i; b_c, C_c)]``, shape ``(N,)``."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         log_pi = torch.log_softmax(self.logits, -1)
         return torch.logsumexp(log_pi + self._component_marginals().log_prob(x.unsqueeze(-2)), -1)
 
@@ -198,7 +193,7 @@ class MixtureOfPPCA(PyroModule):
 
         :returns: ``probs (N, C)``, ``loc (N, C, d)``, ``cov (C, d, d)``.
         """
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         log_pi = torch.log_softmax(self.logits, -1)
         logits = log_pi + self._component_marginals().log_prob(x.unsqueeze(-2))
         probs = torch.softmax(logits, -1)
@@ -226,8 +221,8 @@ class GlobalOffsetPPCA(PyroModule):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.x_dim = _check_dim("x_dim", x_dim)
-        self.z_dim = _check_dim("z_dim", z_dim)
+        self.x_dim = check_positive_int("x_dim", x_dim)
+        self.z_dim = check_positive_int("z_dim", z_dim)
         self.prior_scale = _check_positive("prior_scale", prior_scale)
         _check_positive("noise_scale", noise_scale)
         self.W = nn.Parameter(torch.randn(x_dim, z_dim, dtype=dtype))
@@ -236,7 +231,7 @@ class GlobalOffsetPPCA(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         """Pyro model over ``x`` of shape ``(N, D)``; sites ``"theta"`` (global), ``"z"``, ``"x"``."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         W, b, s = self.W, self.b, self.log_s.exp()
         zero_x = torch.zeros(self.x_dim, dtype=W.dtype)
         theta = pyro.sample("theta", dist.Normal(zero_x, self.prior_scale).to_event(1))
@@ -252,7 +247,7 @@ class GlobalOffsetPPCA(PyroModule):
 
     def exact_log_prob(self, x: Tensor) -> Tensor:
         """Exact joint ``log p(x_1, ..., x_N)`` (scalar) of the whole batch."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         N, D = x.shape
         C = self._local_cov()
         eye_n = torch.eye(N, dtype=C.dtype)
@@ -267,13 +262,13 @@ class GlobalOffsetPPCA(PyroModule):
         :param theta: ``(D,)`` or ``(..., 1, D)`` (broadcastable against ``x (N, D)``).
         :returns: ``(..., N)``.
         """
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         mvn = dist.MultivariateNormal(self.b, covariance_matrix=self._local_cov())
         return mvn.log_prob(x - theta)
 
     def exact_theta_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Exact ``p(theta | x_1..N) = N(loc, cov)``: ``loc (D,)``, ``cov (D, D)``."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         N, D = x.shape
         C_inv = torch.linalg.inv(self._local_cov())
         prec = torch.eye(D, dtype=C_inv.dtype) / self.prior_scale**2 + N * C_inv
@@ -285,7 +280,7 @@ class GlobalOffsetPPCA(PyroModule):
     def exact_local_posterior(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         """Exact ``p(z_i | x_i, theta)``: ``loc (..., N, d)`` for ``theta`` of shape ``(D,)`` or
         ``(..., 1, D)``, and ``cov (d, d)``."""
-        _validate_x(x, self.x_dim)
+        _validate_x(x, self.x_dim, self)
         return _gaussian_posterior(self.W, self.log_s.exp(), x - self.b - theta)
 
 
@@ -298,7 +293,7 @@ def build_linear_gaussian(
     """
     from pyro_spvae.guides.linear_gaussian import LinearGaussianGuide
 
-    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    shape = check_event_shape("event_shape", event_shape)
     if len(shape) != 1:
         raise ValueError(f"the linear-Gaussian model takes flat vectors: event_shape (D,), got {shape}")
     model = LinearGaussianVAE(shape[0], z_dim, noise_scale=noise_scale)

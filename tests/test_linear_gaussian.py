@@ -146,6 +146,33 @@ def test_validation_errors():
         MixtureOfPPCAPosteriorGuide(m)
 
 
+@pytest.mark.parametrize(
+    "bad, exc, match",
+    [
+        ([[0.0] * 4], TypeError, "torch.Tensor"),
+        (torch.full((3, 4), float("inf")), ValueError, "infinite"),
+        (torch.zeros(0, 4), ValueError, "empty batch"),
+        (torch.zeros(3, 4, dtype=torch.float64), ValueError, "dtype"),
+        (torch.zeros(2, 3, 4), ValueError, "shape"),
+    ],
+)
+def test_bad_x_is_rejected_by_models_and_guides(bad, exc, match):
+    model = GlobalOffsetPPCA(4, 2)
+    fns = (LinearGaussianVAE(4, 2), LinearGaussianGuide(4, 2), model, GlobalOffsetPPCAPosteriorGuide(model))
+    for fn in fns:
+        with pytest.raises(exc, match=match):
+            fn(bad)
+
+
+def test_bad_hyperparameter_types_name_the_argument():
+    with pytest.raises(TypeError, match="z_dim"):
+        LinearGaussianVAE(4, 2.0)
+    with pytest.raises(TypeError, match="noise_scale"):
+        LinearGaussianVAE(4, 2, noise_scale=None)
+    with pytest.raises(TypeError, match="event_shape"):
+        MODELS["linear_gaussian"](None)
+
+
 def test_registry_builder():
     model, guide = MODELS["linear_gaussian"]((6,), z_dim=3)
     assert isinstance(model, LinearGaussianVAE) and isinstance(guide, LinearGaussianGuide)
