@@ -15,7 +15,7 @@ __all__ = ["DEFAULT_PRESET", "PRESETS", "preset_config"]
 #: Preset name -> partial configuration.
 PRESETS: dict[str, dict[str, Any]] = {
     # The default job: a dense VAE on the embedded MNIST subset with dynamic binarisation and a
-    # Bernoulli likelihood, ~1-3 minutes on a laptop CPU.
+    # Bernoulli likelihood: 2300 steps, ~2-4 minutes on 2 CPU cores (test NLL ~119 nats, 5000 samples).
     "vae-binary": {
         "model": "vae",
         "model_kwargs": {"z_dim": 32, "hidden": [200, 200], "arch": "dense", "likelihood": "bernoulli"},
