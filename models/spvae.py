@@ -28,19 +28,27 @@ Missing pixels (NaN) are marginalised exactly at the leaves: they contribute log
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pyro_spvae.nn.checks import check_event_shape, check_hidden, check_positive_int
+from pyro_spvae.nn.checks import (
+    check_event_shape,
+    check_float_tensor,
+    check_floating_dtype,
+    check_hidden,
+    check_input_like,
+    check_positive_int,
+)
+from pyro_spvae.nn.likelihoods import make_likelihood
 from pyro_spvae.nn.stacked import StackedConvDecoder, StackedMLP
 from pyro_spvae.spn.network import SPN
 from pyro_spvae.spn.region_graph import RegionGraph, poon_domingos, random_binary_trees
@@ -52,6 +60,7 @@ __all__ = ["LeafScopes", "SPVAE", "LEAF_LIKELIHOODS", "build_spvae", "region_gra
 #: ``k/255`` (Tan & Peharz 2019: Gaussian for "continuous", Binomial(255) for "discrete" MNIST).
 LEAF_LIKELIHOODS = ("gaussian", "binomial", "bernoulli")
 _BINOMIAL_N = 255
+_LIK_NAMES = {"gaussian": "Gaussian", "bernoulli": "Bernoulli", "binomial": "Binomial(255)"}
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -111,8 +120,8 @@ class LeafScopes(nn.Module):
     def gather(self, x: Tensor) -> Tensor:
         """Patches of ``x`` ``(..., C, H, W)``: returns ``(..., R, C, S)`` (padding slots hold pixel 0)."""
         c, h, w = self.event_shape
-        xf = x.reshape(*x.shape[:-3], c, h * w)[..., self.index]  # (..., C, R, S)
-        return xf.movedim(-3, -2)
+        xf = x.reshape(*x.shape[:-3], c, h * w).index_select(-1, self.index.flatten())
+        return xf.view(*x.shape[:-3], c, *self.index.shape).movedim(-3, -2)  # (..., R, C, S)
 
     def scatter(self, patches: Tensor, active: Tensor) -> Tensor:
         """Write the patches of the ``active`` regions into images; uncovered pixels are NaN.
@@ -133,32 +142,130 @@ class LeafScopes(nn.Module):
         return out[..., :hw].reshape(n, c, h, w)
 
 
-def _check_image(x: Any, event_shape: tuple[int, ...], likelihood: str, allow_missing: bool) -> Tensor:
-    """Validate a batch of images for the leaf likelihood; NaN = missing when ``allow_missing``."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must have a floating-point dtype (e.g. torch.float32), got {x.dtype}")
-    if x.dim() != 4 or tuple(x.shape[1:]) != event_shape:
-        raise ValueError(f"x has shape {tuple(x.shape)}, expected (B, {', '.join(map(str, event_shape))})")
-    missing = torch.isnan(x)
-    if missing.any() and not allow_missing:
-        raise ValueError(
-            f"x contains NaN values ({int(missing.sum())} entries) where missing data is not allowed"
-        )
-    obs = x[~missing]
-    if torch.isinf(obs).any():
-        raise ValueError("x contains infinite values")
-    if likelihood == "bernoulli" and not ((obs == 0) | (obs == 1)).all():
-        raise ValueError("the Bernoulli likelihood needs binary data in {0, 1}; x has other values")
-    if likelihood == "binomial":
-        k = obs * _BINOMIAL_N
-        if ((obs < 0) | (obs > 1)).any() or ((k - k.round()).abs() > 1e-3).any():
+@functools.cache
+def _leaf_support(likelihood: str) -> tuple[constraints.Constraint, str] | None:
+    """The support constraint of the likelihood head of the same name (``None``: all reals)."""
+    if likelihood == "gaussian":
+        return None
+    head = make_likelihood(likelihood, (1,))
+    return head.support, head.support_description
+
+
+def _check_image(x: Any, event_shape: tuple[int, ...], likelihood: str | None, allow_missing: bool,
+                 like: Tensor | None = None) -> Tensor:
+    """Validate a batch of images ``(B, C, H, W)``; NaN = missing when ``allow_missing``.
+
+    Type, dtype, shape, empty batch and infinite values go through
+    :func:`~pyro_spvae.nn.checks.check_float_tensor`; the support is the one of the likelihood head
+    of the same name (:mod:`pyro_spvae.nn.likelihoods`; ``likelihood=None`` skips it);
+    ``like`` (a module buffer or parameter) fixes the dtype and device
+    (:func:`~pyro_spvae.nn.checks.check_input_like`).
+    """
+    x = check_floating_dtype("x", x)
+    if like is not None:
+        check_input_like("x", x, like)
+    missing = torch.isnan(x) if allow_missing else None
+    if missing is not None and bool(missing.any()):
+        obs = torch.where(missing, torch.zeros_like(x), x)  # 0 lies in every leaf support
+    else:
+        obs, missing = x, None
+    check_float_tensor("x", obs, event_shape, batch_dims=1)
+    support = _leaf_support(likelihood) if likelihood is not None else None
+    if support is not None:
+        ok = support[0].check(obs)
+        if not bool(ok.all()):
+            bad = obs[~ok]
             raise ValueError(
-                "the Binomial(255) likelihood needs data on the grid k/255 in [0, 1] "
-                "(use the 'spvae-discrete' transform)"
+                f"x has {bad.numel()} values outside the support of the {_LIK_NAMES[likelihood]} "
+                f"leaf likelihood "
+                f"({support[1]}), e.g. {bad.flatten()[:3].tolist()}"
+                + ("; use the 'spvae-discrete' transform" if likelihood == "binomial" else "")
             )
     return x
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum the broadcast dims of ``t`` so that it has ``shape`` (the reverse of broadcasting)."""
+    lead = t.dim() - len(shape)
+    dims = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and t.shape[lead + i] != 1
+    )
+    return (t.sum(dims, keepdim=True) if dims else t).reshape(shape)
+
+
+class _GaussianQuadForm(torch.autograd.Function):
+    r""":math:`-\tfrac12 \sum_d \big((x_d - \mu_d)\, e^{-s_d}\big)^2` over the last dim, fused.
+
+    ``x``, ``mu`` and the log-scale ``s`` broadcast against each other. Autograd through the
+    elementwise expression makes about a dozen passes over the big ``(..., D)`` tensor (sub, mul,
+    square, their backwards and a gradient accumulation); here the forward makes two (the residual
+    ``r``, written once and scaled in place, and a dot product) and the backward three, with
+    :math:`\partial/\partial\mu = g\, r\, e^{-s}`, :math:`\partial/\partial s = g\, r^2`,
+    :math:`\partial/\partial x = -g\, r\, e^{-s}`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, mu: Tensor, log_scale: Tensor) -> Tensor:
+        inv = torch.exp(-log_scale)
+        r = torch.sub(x, mu)
+        r.mul_(inv)
+        ctx.save_for_backward(r, inv)
+        ctx.shapes = (x.shape, mu.shape, log_scale.shape)
+        return torch.linalg.vecdot(r, r).mul_(-0.5)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        r, inv = ctx.saved_tensors
+        x_shape, mu_shape, s_shape = ctx.shapes
+        t = r * grad.unsqueeze(-1)
+        grad_s = _sum_to(t * r, s_shape) if ctx.needs_input_grad[2] else None
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, grad_s
+        t.mul_(inv)  # g r e^{-s}
+        grad_mu = _sum_to(t, mu_shape) if ctx.needs_input_grad[1] else None
+        grad_x = -_sum_to(t, x_shape) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_mu, grad_s
+
+
+class _LeafPrior(TorchDistribution):
+    r""":math:`\mathcal{N}(0, I)` over the leaf latents ``(L, z_dim)`` of each data point.
+
+    The prior of site ``z`` in :meth:`SPVAE.forward`: equal to
+    ``Normal(0, 1).expand(batch_shape + event_shape).to_event(2)`` but its ``log_prob`` is one dot
+    product, :math:`-\tfrac12 \|z\|^2 - \tfrac{n}{2}\log 2\pi`, instead of the half dozen
+    elementwise passes (and support checks) of ``Normal.log_prob``.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(self, like: Tensor, batch_shape: Sequence[int], event_shape: Sequence[int]) -> None:
+        self._like = like  # a scalar tensor fixing dtype and device
+        super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
+
+    def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> _LeafPrior:
+        return _LeafPrior(self._like, batch_shape, self.event_shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return self._like.new_zeros(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> Tensor:
+        return self._like.new_ones(self.batch_shape + self.event_shape)
+
+    def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        return torch.randn(shape, dtype=self._like.dtype, device=self._like.device)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        n = self.event_shape.numel()
+        return -0.5 * torch.linalg.vecdot(value, value).sum(-1) - 0.5 * n * _LOG_2PI
+
+    def entropy(self) -> Tensor:
+        n = self.event_shape.numel()
+        return self._like.new_full(self.batch_shape, 0.5 * n * (1.0 + _LOG_2PI))
 
 
 class _SPNOfLeafLikelihoods(TorchDistribution):
@@ -268,6 +375,7 @@ class SPVAE(PyroModule):
         #: the sum-product network over external (VAE) leaves; its weights are ``spn.*`` parameters
         self.spn = SPN(region_graph, num_sums=self.sum_k, leaves=None, num_leaf_components=self.leaf_k)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+        self._all_valid = bool(self.scopes.mask.all())  # no padding slots in the leaf patches
 
     # ------------------------------------------------------------------ leaf side
     def _leaf_patches(self, x: Tensor) -> Tensor:
@@ -304,12 +412,19 @@ class SPVAE(PyroModule):
         :param z: leaf latents ``(..., B, L, z_dim)``.
         :returns: ``(..., B, L)``.
         """
+        if self.arch == "dense" and z.dim() >= 3 and x.dim() == 4 and z.shape[-3] == x.shape[0]:
+            return self._leaf_log_lik_net_major(x, z)
         patches = self._leaf_patches(x)  # (B, L, C, S)
         obs = self._observed(patches)
         if obs is not None:
             patches = torch.where(obs, patches, torch.zeros_like(patches))
         params = self.decode(z)  # (..., B, L, C, S)
         if self.likelihood == "gaussian":
+            if obs is None:
+                quad = _GaussianQuadForm.apply(
+                    patches.flatten(-2), params.flatten(-2), self.log_scale.flatten(-2)
+                )
+                return quad + (-self.log_scale - 0.5 * _LOG_2PI).sum((-2, -1))
             inv_scale = torch.exp(-self.log_scale)  # (L, C, S)
             const = -self.log_scale - 0.5 * _LOG_2PI
             if obs is not None:
@@ -328,6 +443,49 @@ class SPVAE(PyroModule):
             const = None if const is None else const * obs
         out = t.sum((-2, -1))
         return out if const is None else out + const.sum((-2, -1))
+
+    def _leaf_log_lik_net_major(self, x: Tensor, z: Tensor) -> Tensor:
+        """:meth:`leaf_log_lik` for dense leaves with the leaf axis first throughout.
+
+        The stacked decoder runs on ``(L, M * B, .)`` (one ``baddbmm`` per layer, no layout copy;
+        ``z`` from :meth:`SPVAEGuide.leaf_rsample <pyro_spvae.guides.SPVAEGuide.leaf_rsample>` is
+        already a leaf-major view) and the likelihood on ``(L, M, B, D)`` with ``D = C * S``;
+        only the small ``(M, B, L)`` result is transposed back.
+        """
+        lk, c, s = self.num_leaves, self.event_shape[0], self.scopes.max_size
+        b, batch = x.shape[0], z.shape[:-2]
+        mu = self.decoder.forward_net_major(z.movedim(-2, 0).reshape(lk, -1, self.z_dim))
+        mu = mu.view(lk, -1, b, c * s)  # (L, M, B, D)
+        p = self.scopes.gather(x)  # (B, R, C, S)
+        p = p.movedim(0, 1).unsqueeze(1).expand(self.num_regions, self.leaf_k, b, c, s)
+        patches = p.reshape(lk, 1, b, c * s)  # (L, 1, B, D)
+        obs = None
+        if not self._all_valid or bool(torch.isnan(x).any()):
+            valid = self.scopes.mask.repeat_interleave(self.leaf_k, 0).unsqueeze(1).expand(lk, c, s)
+            obs = ~torch.isnan(patches) & valid.reshape(lk, 1, 1, c * s)
+            patches = torch.where(obs, patches, torch.zeros_like(patches))
+        if self.likelihood == "gaussian":
+            log_scale = self.log_scale.reshape(lk, 1, 1, c * s)
+            const = -log_scale - 0.5 * _LOG_2PI
+            if obs is None:
+                out = _GaussianQuadForm.apply(patches, mu, log_scale) + const.sum(-1)
+            else:
+                inv_scale, const = torch.exp(-log_scale) * obs, const * obs
+                r = (patches - mu) * inv_scale
+                out = const.sum(-1) - 0.5 * (r * r).sum(-1)
+        else:
+            if self.likelihood == "bernoulli":
+                k, n, const = patches, 1.0, None
+            else:
+                k, n = torch.round(patches * _BINOMIAL_N), float(_BINOMIAL_N)
+                const = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+            t = k * mu - n * nn.functional.softplus(mu)
+            if obs is not None:
+                t = t * obs
+                const = None if const is None else const * obs
+            out = t.sum(-1) if const is None else t.sum(-1) + const.sum(-1)
+        # (L, M, B) -> (M, B, L) -> (..., B, L)
+        return out.expand(lk, mu.shape[1], b).permute(1, 2, 0).reshape(*batch, lk)
 
     @pyro_method
     def leaf_log_joint(self, x: Tensor, z: Tensor) -> Tensor:
@@ -422,7 +580,7 @@ class SPVAE(PyroModule):
         num_samples = check_positive_int("num_samples", num_samples)
         if mode not in ("sample", "mpe"):
             raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
-        x = _check_image(x, self.event_shape, self.likelihood, allow_missing=True)
+        x = _check_image(x, self.event_shape, self.likelihood, allow_missing=True, like=self._zero)
         b = x.shape[0]
         q = guide.leaf_posterior(x)
         z = q.sample((num_samples,))  # (K, B, L, z_dim)
@@ -470,12 +628,11 @@ class SPVAE(PyroModule):
     # ------------------------------------------------------------------ Pyro model
     def forward(self, x: Tensor) -> Tensor:
         """The Pyro model: ``z ~ N(0, I)`` ``(B, L, z_dim)``, ``x | z ~ SPN(p(x_R | z_l))`` observed."""
-        x = _check_image(x, self.event_shape, self.likelihood, allow_missing=self.allow_missing)
+        x = _check_image(x, self.event_shape, self.likelihood, allow_missing=self.allow_missing,
+                         like=self._zero)
         b = x.shape[0]
         with pyro.plate("data", b, dim=-1):
-            prior = dist.Normal(self._zero, self._zero + 1.0).expand([b, self.num_leaves, self.z_dim])
-            prior = prior.to_event(2)
-            z = pyro.sample("z", prior)
+            z = pyro.sample("z", _LeafPrior(self._zero, (b,), (self.num_leaves, self.z_dim)))
             pyro.sample("x", _SPNOfLeafLikelihoods(self, z), obs=x)
         return z
 

@@ -92,8 +92,12 @@ class StackedLinear(nn.Module):
         _check_net_axis("StackedLinear", x, self.num_nets, (self.in_features,), self.weight)
         batch = x.shape[:-2]
         xt = x.reshape(-1, self.num_nets, self.in_features).transpose(0, 1)  # (N, B, D_in)
-        y = torch.baddbmm(self.bias.unsqueeze(1), xt, self.weight.transpose(1, 2))  # (N, B, D_out)
+        y = self.forward_net_major(xt)  # (N, B, D_out)
         return y.transpose(0, 1).reshape(*batch, self.num_nets, self.out_features)
+
+    def forward_net_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Net-major fast path without checks: ``(N, M, D_in) -> (N, M, D_out)``, one ``baddbmm``."""
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
     def extra_repr(self) -> str:
         return f"num_nets={self.num_nets}, in_features={self.in_features}, out_features={self.out_features}"
@@ -148,9 +152,21 @@ class StackedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply net ``n`` to ``x[..., n, :]``; ``(..., N, in_dim) -> (..., N, out_dim)``."""
         _check_net_axis("StackedMLP", x, self.num_nets, (self.in_dim,), self.layers[0].weight)
+        batch = x.shape[:-2]
+        # one transpose in and one out: the layers run net-major, one baddbmm each, no copies between
+        y = self.forward_net_major(x.reshape(-1, self.num_nets, self.in_dim).transpose(0, 1))
+        return y.transpose(0, 1).reshape(*batch, self.num_nets, self.out_dim)
+
+    def forward_net_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Net-major fast path without input checks: ``(N, M, in_dim) -> (N, M, out_dim)``.
+
+        Each layer is one ``baddbmm`` on ``(N, M, .)`` tensors; callers that keep their data net-major
+        (e.g. SPVAE's leaf likelihoods) avoid every layout copy.
+        """
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
+            x = layer.forward_net_major(x)
+            if i < last:
                 x = self.activation(x)
         if self.output_activation is not None:
             x = self.output_activation(x)
@@ -163,6 +179,22 @@ def _copy_grouped(dst: nn.Module, srcs: Sequence[nn.Module]) -> None:
     with torch.no_grad():
         dst.weight.copy_(torch.cat([s.weight for s in srcs], dim=0))
         dst.bias.copy_(torch.cat([s.bias for s in srcs], dim=0))
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose backward hands the gradient on in channels-last layout.
+
+    Gradients arriving from a consumer that reshaped the output to NCHW order would otherwise make
+    the grouped convolution's backward fall back to its slow NCHW path.
+    """
+
+    @staticmethod
+    def forward(ctx: object, y: torch.Tensor) -> torch.Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
 
 
 class StackedConvEncoder(nn.Module):
@@ -218,7 +250,7 @@ class StackedConvEncoder(nn.Module):
         _check_net_axis("StackedConvEncoder", x, self.num_nets, self.event_shape, self.convs[0].weight)
         batch = x.shape[:-4]
         c, h, w = self.event_shape
-        y = x.reshape(-1, self.num_nets * c, h, w)
+        y = x.reshape(-1, self.num_nets * c, h, w).contiguous(memory_format=torch.channels_last)
         for conv in self.convs:
             y = self.activation(conv(y))
         y = y.reshape(*batch, self.num_nets, self.flat_dim)
@@ -285,7 +317,10 @@ class StackedConvDecoder(nn.Module):
         n = self.num_nets
         y = self.activation(self.mlp(z))
         y = y.reshape(-1, n * self.channels[-1], self.hs[-1], self.ws[-1])
+        # channels-last: oneDNN's grouped (de)convolutions, forward and backward, are several times
+        # faster on NHWC than on NCHW tensors on CPU (~5x for the 32-group decoder of the SPVAE)
+        y = y.contiguous(memory_format=torch.channels_last)
         for deconv in self.deconvs:
             y = self.activation(deconv(y))
-        y = self.out_conv(y)
+        y = _ChannelsLastGrad.apply(self.out_conv(y))
         return y.reshape(*batch, n, self.out_channels, self.hs[0], self.ws[0])

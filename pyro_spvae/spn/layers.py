@@ -117,6 +117,27 @@ class EinsumLayer(nn.Module):
         prob = torch.bmm(outer, self.weights().to(values.dtype))
         return torch.log(prob) + (ml + mr)
 
+    def forward_batch_last(self, values: Tensor) -> Tensor:
+        """Sum-product evaluation in the batch-last layout used by :meth:`SPN.forward`.
+
+        :param values: ``(R, K, B)`` region log-values (storage order), batch innermost.
+        :returns: ``(P, O, B)`` partition log-values.
+
+        Same maths as :meth:`forward` with ``mode="sum"``. With the batch innermost every
+        elementwise op (max subtraction, ``exp``, the ``K x K`` outer product and their backwards)
+        runs over contiguous rows of length ``B`` instead of broadcasting over tiny trailing dims
+        of size ``K``, and the contraction is one ``bmm`` ``(P, O, K*K) @ (P, K*K, B)``.
+        """
+        left = values.index_select(0, self.left)  # (P, K, B)
+        right = values.index_select(0, self.right)
+        P, K, B = left.shape
+        ml = _safe_max(left, 1)  # (P, 1, B)
+        mr = _safe_max(right, 1)
+        el, er = torch.exp(left - ml), torch.exp(right - mr)
+        outer = (el.unsqueeze(2) * er.unsqueeze(1)).view(P, K * K, B)
+        prob = torch.bmm(self.weights().to(values.dtype).transpose(1, 2), outer)  # (P, O, B)
+        return torch.log(prob) + (ml + mr)
+
     def extra_repr(self) -> str:
         return f"partitions={self.num_partitions}, in={self.num_in}, out={self.num_out}"
 
@@ -175,6 +196,13 @@ class MixingLayer(nn.Module):
         if mode != "sum":
             raise ValueError(f"mode must be 'sum' or 'max', got {mode!r}")
         return torch.logsumexp(terms, dim=1)
+
+    def forward_batch_last(self, part_values: Tensor) -> Tensor:
+        """Sum mode in the batch-last layout: ``(P, O, B)`` partition log-values -> ``(R, O, B)``."""
+        P, O, B = part_values.shape
+        padded = torch.cat([part_values, part_values.new_full((1, O, B), float("-inf"))], dim=0)
+        logw = self.log_weights().to(part_values.dtype).unsqueeze(-1)  # (R, M, O, 1)
+        return torch.logsumexp(padded[self.gather_index] + logw, dim=1)
 
     def extra_repr(self) -> str:
         return f"regions={self.num_regions}, max_partitions={self.max_partitions}, out={self.num_out}"

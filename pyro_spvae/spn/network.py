@@ -115,6 +115,13 @@ class _Layer(nn.Module):
             rv = pv.index_select(0, self.src)
         return pv, rv
 
+    def forward_batch_last(self, values: Tensor) -> Tensor:
+        """Sum mode, batch-last: region values ``(R, K, B)`` -> this layer's region values ``(R_l, O, B)``."""
+        pv = self.einsum.forward_batch_last(values)
+        if self.mixing is not None:
+            return torch.cat([pv, self.mixing.forward_batch_last(pv)], dim=0).index_select(0, self.src)
+        return pv if self.identity else pv.index_select(0, self.src)
+
     def mixing_log_weights(self) -> Tensor:
         """``(R_l, M, O)`` log mixing weights of every region of the layer (0 for the single partition)."""
         M, O = self.table.shape[1], self.einsum.num_out
@@ -282,7 +289,30 @@ class SPN(nn.Module):
         leaf_log_prob = self._check_leaf_lp(leaf_log_prob)
         batch = leaf_log_prob.shape[:-2]
         flat = leaf_log_prob.reshape(-1, *leaf_log_prob.shape[-2:])
+        if mode == "sum":
+            return self._root_sum(flat).reshape(batch)
         return self.upward(flat, mode).root.reshape(batch)
+
+    def _root_sum(self, flat: Tensor) -> Tensor:
+        """Root log-value of a flat batch ``(B, L, K_leaf)`` by the sum-product pass, batch-last.
+
+        Equal to ``upward(flat, "sum").root`` but with the values stored ``(R, K, B)``: the batch is
+        the innermost, contiguous axis of every elementwise op of the layers (see
+        :meth:`EinsumLayer.forward_batch_last`), which is several times faster for small ``K``.
+        """
+        values = flat.permute(1, 2, 0)  # (L, K_leaf, B)
+        if self.num_leaf_components < self.num_in:
+            values = nn.functional.pad(values, (0, 0, 0, self.num_in - self.num_leaf_components),
+                                       value=float("-inf"))
+        values = values.contiguous()
+        last = len(self.layers) - 1
+        for l, layer in enumerate(self.layers):
+            rv = layer.forward_batch_last(values)  # (R_l, O, B)
+            if l < last:
+                if self.num_sums < self.num_in:
+                    rv = nn.functional.pad(rv, (0, 0, 0, self.num_in - self.num_sums), value=float("-inf"))
+                values = torch.cat([values, rv], dim=0)
+        return rv[0, 0]
 
     def _flatten_x(self, x: Tensor) -> tuple[Tensor, torch.Size]:
         if not torch.is_tensor(x):
