@@ -101,7 +101,10 @@ def render_results() -> str:
         "recorded to judge how much other work competed for the CPU.",
         "",
     ]
+    benches = available()
     for path in sorted(RESULTS_DIR.glob("*.json")):
+        if path.stem not in benches:  # written by another tool (e.g. scripts/reproduce_spvae.py)
+            continue
         try:
             result = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -124,6 +127,11 @@ def render_results() -> str:
                 "",
             ]
         lines += [str(result.get("summary", "(no summary)")).rstrip(), ""]
+    reports = sorted(RESULTS_DIR.glob("*.md"))
+    if reports:
+        lines += ["## Other reports", ""]
+        lines += [f"- [`{r.name}`](results/{r.name})" for r in reports]
+        lines.append("")
     return "\n".join(lines)
 
 
