@@ -168,8 +168,9 @@ class SPVAEGuide(PyroModule):
         return cls(model.scopes, model.leaf_k, model.z_dim, model.hidden if hidden is None else hidden,
                    mask_input=mask_input, **kw)
 
-    def _inputs(self, x: Tensor) -> Tensor:
-        """Encoder inputs ``(B, L, C_in, S)`` (dense: flattened) from images ``(B, C, H, W)``."""
+    def _masked_patches(self, x: Tensor) -> Tensor:
+        """Validated patches ``(B, R, C_in, S)`` of images ``(B, C, H, W)``: missing (NaN) and padding
+        pixels set to 0, followed by the observation mask channels when ``mask_input``."""
         # type, dtype/device (of the encoder), shape, empty batch and inf; NaN = missing
         x = _check_image(x, self.event_shape, None, allow_missing=True, like=self._param)
         p = self.scopes.gather(x)  # (B, R, C, S)
@@ -177,6 +178,17 @@ class SPVAEGuide(PyroModule):
         p = torch.where(observed, p, torch.zeros_like(p))
         if self.mask_input:
             p = torch.cat([p, observed.to(p.dtype)], dim=-2)
+        return p
+
+    def _split_loc_scale(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``loc`` and ``scale = softplus(raw) + _MIN_SCALE`` from encoder outputs ``h = (loc, raw)``."""
+        # softplus on the strided half of ``h`` is ~10x slower than on a contiguous copy (torch 2.13 CPU)
+        loc, raw = h.split(self.z_dim, dim=-1)
+        return loc, nn.functional.softplus(raw.contiguous()) + _MIN_SCALE
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        """Encoder inputs ``(B, L, C_in, S)`` (dense: flattened) from images ``(B, C, H, W)``."""
+        p = self._masked_patches(x)  # (B, R, C_in, S)
         b, r, c_in, s = p.shape
         p = p.unsqueeze(2).expand(b, r, self.leaf_k, c_in, s).reshape(b, self.num_leaves, c_in, s)
         if self.arch == "conv":
@@ -189,9 +201,7 @@ class SPVAEGuide(PyroModule):
             loc, scale = self._loc_scale_net_major(x)
             return loc.transpose(0, 1), scale.transpose(0, 1)
         h = self.encoder(self._inputs(x))  # (B, L, 2 z_dim)
-        # softplus on the strided half of ``h`` is ~10x slower than on a contiguous copy (torch 2.13 CPU)
-        loc, raw = h.split(self.z_dim, dim=-1)
-        return loc, nn.functional.softplus(raw.contiguous()) + _MIN_SCALE
+        return self._split_loc_scale(h)
 
     def _loc_scale_net_major(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Dense encoders with the leaf axis first: ``loc``, ``scale`` of shape ``(L, B, z_dim)``.
@@ -199,18 +209,11 @@ class SPVAEGuide(PyroModule):
         The inputs are built leaf-major directly and the stacked MLP runs on ``(L, B, .)`` (one
         ``baddbmm`` per layer, no layout copies).
         """
-        x = _check_image(x, self.event_shape, None, allow_missing=True, like=self._param)
-        p = self.scopes.gather(x)  # (B, R, C, S)
-        observed = ~torch.isnan(p) & self.scopes.mask.unsqueeze(-2)
-        p = torch.where(observed, p, torch.zeros_like(p))
-        if self.mask_input:
-            p = torch.cat([p, observed.to(p.dtype)], dim=-2)
+        p = self._masked_patches(x)  # (B, R, C_in, S)
         b, r, c_in, s = p.shape
         p = p.movedim(0, 1).unsqueeze(1).expand(r, self.leaf_k, b, c_in, s)
         h = self.encoder.forward_net_major(p.reshape(self.num_leaves, b, c_in * s))  # (L, B, 2 z_dim)
-        # softplus on the strided half of ``h`` is ~10x slower than on a contiguous copy (torch 2.13 CPU)
-        loc, raw = h.split(self.z_dim, dim=-1)
-        return loc, nn.functional.softplus(raw.contiguous()) + _MIN_SCALE
+        return self._split_loc_scale(h)
 
     @pyro_method
     def leaf_posterior(self, x: Tensor) -> dist.TorchDistribution:

@@ -193,6 +193,42 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
     return (t.sum(dims, keepdim=True) if dims else t).reshape(shape)
 
 
+def _masked_gaussian_log_lik(patches: Tensor, mean: Tensor, log_scale: Tensor, obs: Tensor,
+                             dims: int | tuple[int, ...]) -> Tensor:
+    """Gaussian leaf log-likelihood of ``patches``, summed over ``dims`` with the observation mask
+    ``obs`` multiplied into every term (masked-out pixels contribute 0); missing pixels of
+    ``patches`` must already be zeroed. Without a mask use the fused :class:`_GaussianQuadForm`."""
+    inv_scale, const = torch.exp(-log_scale) * obs, (-log_scale - 0.5 * _LOG_2PI) * obs
+    r = (patches - mean) * inv_scale
+    return const.sum(dims) - 0.5 * (r * r).sum(dims)
+
+
+def _count_log_lik(likelihood: str, patches: Tensor, logits: Tensor, obs: Tensor | None,
+                   dims: int | tuple[int, ...]) -> Tensor:
+    """Bernoulli or Binomial(255) leaf log-likelihood of ``patches`` given ``logits``, summed over ``dims``.
+
+    ``k * logits - n * softplus(logits)`` plus the binomial coefficient (Binomial only), each term
+    multiplied by the observation mask ``obs`` when given (masked-out pixels contribute 0).
+
+    :param likelihood: ``"bernoulli"`` or ``"binomial"``.
+    :param patches: values in ``{0, 1}`` or on the grid ``k/255`` (missing pixels already zeroed).
+    :param logits: decoder outputs, broadcasting with ``patches``.
+    :param obs: observation mask broadcasting with both, or ``None`` (all observed).
+    """
+    if likelihood == "bernoulli":
+        k, n, const = patches, 1.0, None
+    else:
+        k, n = torch.round(patches * _BINOMIAL_N), float(_BINOMIAL_N)
+        const = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+    # k * logits - n * softplus(logits), masked, summed over the patch
+    t = k * logits - n * nn.functional.softplus(logits)
+    if obs is not None:
+        t = t * obs
+        const = None if const is None else const * obs
+    out = t.sum(dims)
+    return out if const is None else out + const.sum(dims)
+
+
 class _GaussianQuadForm(torch.autograd.Function):
     r""":math:`-\tfrac12 \sum_d \big((x_d - \mu_d)\, e^{-s_d}\big)^2` over the last dim, fused.
 
@@ -425,24 +461,8 @@ class SPVAE(PyroModule):
                     patches.flatten(-2), params.flatten(-2), self.log_scale.flatten(-2)
                 )
                 return quad + (-self.log_scale - 0.5 * _LOG_2PI).sum((-2, -1))
-            inv_scale = torch.exp(-self.log_scale)  # (L, C, S)
-            const = -self.log_scale - 0.5 * _LOG_2PI
-            if obs is not None:
-                inv_scale, const = inv_scale * obs, const * obs
-            r = (patches - params) * inv_scale
-            return const.sum((-2, -1)) - 0.5 * (r * r).sum((-2, -1))
-        if self.likelihood == "bernoulli":
-            k, n, const = patches, 1.0, None
-        else:
-            k, n = torch.round(patches * _BINOMIAL_N), float(_BINOMIAL_N)
-            const = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-        # k * logits - n * softplus(logits), masked, summed over the patch
-        t = k * params - n * nn.functional.softplus(params)
-        if obs is not None:
-            t = t * obs
-            const = None if const is None else const * obs
-        out = t.sum((-2, -1))
-        return out if const is None else out + const.sum((-2, -1))
+            return _masked_gaussian_log_lik(patches, params, self.log_scale, obs, (-2, -1))
+        return _count_log_lik(self.likelihood, patches, params, obs, (-2, -1))
 
     def _leaf_log_lik_net_major(self, x: Tensor, z: Tensor) -> Tensor:
         """:meth:`leaf_log_lik` for dense leaves with the leaf axis first throughout.
@@ -466,24 +486,12 @@ class SPVAE(PyroModule):
             patches = torch.where(obs, patches, torch.zeros_like(patches))
         if self.likelihood == "gaussian":
             log_scale = self.log_scale.reshape(lk, 1, 1, c * s)
-            const = -log_scale - 0.5 * _LOG_2PI
             if obs is None:
-                out = _GaussianQuadForm.apply(patches, mu, log_scale) + const.sum(-1)
+                out = _GaussianQuadForm.apply(patches, mu, log_scale) + (-log_scale - 0.5 * _LOG_2PI).sum(-1)
             else:
-                inv_scale, const = torch.exp(-log_scale) * obs, const * obs
-                r = (patches - mu) * inv_scale
-                out = const.sum(-1) - 0.5 * (r * r).sum(-1)
+                out = _masked_gaussian_log_lik(patches, mu, log_scale, obs, -1)
         else:
-            if self.likelihood == "bernoulli":
-                k, n, const = patches, 1.0, None
-            else:
-                k, n = torch.round(patches * _BINOMIAL_N), float(_BINOMIAL_N)
-                const = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-            t = k * mu - n * nn.functional.softplus(mu)
-            if obs is not None:
-                t = t * obs
-                const = None if const is None else const * obs
-            out = t.sum(-1) if const is None else t.sum(-1) + const.sum(-1)
+            out = _count_log_lik(self.likelihood, patches, mu, obs, -1)
         # (L, M, B) -> (M, B, L) -> (..., B, L)
         return out.expand(lk, mu.shape[1], b).permute(1, 2, 0).reshape(*batch, lk)
 

@@ -150,6 +150,18 @@ class SumProductNetwork(TorchDistribution):
             lp = self.spn(leaf(value))
         return lp.expand(shape)
 
+    def _evidence(self, evidence: Tensor | None) -> Tensor:
+        """``evidence`` validated and expanded to ``batch_shape + event_shape`` (all-NaN when ``None``)."""
+        if evidence is None:
+            ref = next(self.spn.parameters())
+            return torch.full(
+                (*self.batch_shape, *self.event_shape), float("nan"), dtype=ref.dtype, device=ref.device
+            )
+        self._validate_sample(evidence)
+        n = len(self.event_shape)
+        shape = torch.broadcast_shapes(evidence.shape[: evidence.dim() - n], self.batch_shape)
+        return evidence.expand(*shape, *self.event_shape)
+
     def sample(
         self, sample_shape: Sequence[int] = torch.Size(), evidence: Tensor | None = None, **kwargs
     ) -> Tensor:
@@ -160,16 +172,7 @@ class SumProductNetwork(TorchDistribution):
                 "SPN.select_leaf_components() and sample the selected leaves yourself"
             )
         sample_shape = torch.Size(sample_shape)
-        if evidence is None:
-            ref = next(self.spn.parameters())
-            evidence = torch.full(
-                (*self.batch_shape, *self.event_shape), float("nan"), dtype=ref.dtype, device=ref.device
-            )
-        else:
-            self._validate_sample(evidence)
-            n = len(self.event_shape)
-            shape = torch.broadcast_shapes(evidence.shape[: evidence.dim() - n], self.batch_shape)
-            evidence = evidence.expand(*shape, *self.event_shape)
+        evidence = self._evidence(evidence)
         return self.spn.sample(sample_shape, evidence=evidence)
 
     def mpe(self, evidence: Tensor | None = None) -> Tensor:
@@ -178,14 +181,5 @@ class SumProductNetwork(TorchDistribution):
             raise NotImplementedError(
                 "MPE needs the SPN's built-in leaves; use SPN.select_leaf_components(mode='mpe')"
             )
-        if evidence is None:
-            ref = next(self.spn.parameters())
-            evidence = torch.full(
-                (*self.batch_shape, *self.event_shape), float("nan"), dtype=ref.dtype, device=ref.device
-            )
-        else:
-            self._validate_sample(evidence)
-            n = len(self.event_shape)
-            shape = torch.broadcast_shapes(evidence.shape[: evidence.dim() - n], self.batch_shape)
-            evidence = evidence.expand(*shape, *self.event_shape)
+        evidence = self._evidence(evidence)
         return self.spn.mpe(evidence)
