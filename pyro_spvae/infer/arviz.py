@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_spvae.infer.importance import _in_data_plate, compute_importance_terms, guess_max_plate_nesting
+from pyro_spvae.infer.importance import (
+    _in_data_plate,
+    check_int,
+    compute_importance_terms,
+    guess_max_plate_nesting,
+)
 from pyro_spvae.infer.log_likelihood import _import_arviz, psis_khat
 
 __all__ = ["to_inference_data"]
@@ -75,10 +80,8 @@ def to_inference_data(
     :returns: ``arviz.InferenceData`` with groups described in the module docstring; use
         ``az.summary(idata, var_names=[...])`` or ``az.plot_posterior``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    num_samples = check_int("num_samples", num_samples)
+    chunk_size = check_int("chunk_size", chunk_size)
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise ValueError("x must be a tensor of shape (N, ...)")
     az = _import_arviz()

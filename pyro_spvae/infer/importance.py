@@ -38,6 +38,20 @@ __all__ = ["ImportanceTerms", "compute_importance_terms", "guess_max_plate_nesti
 PARTICLE_PLATE = "_iwae_particles"
 
 
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` after checking that it is an ``int`` (not ``bool``) ``>= minimum``.
+
+    The one integer-argument check of :mod:`pyro_spvae.infer` (particle counts, chunk and batch
+    sizes, plate nesting).
+
+    :raises ValueError: naming ``name`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
 class _ShareGlobalsMessenger(Messenger):
     """Draws each global (outside ``data_plate``) latent guide site before the particle plate
     broadcasts it, so that one value is shared by all particles."""
@@ -307,8 +321,7 @@ def compute_importance_terms(
     :raises ValueError: when model and guide latent sites differ, no site is in ``data_plate``, or
         plates/scales are inconsistent.
     """
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    num_particles = check_int("num_particles", num_particles)
     runs = [num_particles] if vectorize else [1] * num_particles
     traces = []
     global_trace = None

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pyro_spvae.infer.importance import (
     ImportanceTerms,
+    check_int,
     compute_importance_terms,
     guess_max_plate_nesting,
 )
@@ -162,8 +163,7 @@ class TraceIWAE_ELBO(ELBO):
         global_latents: str = "nested",
         vectorize_particles: bool = True,
     ) -> None:
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        check_int("num_particles", num_particles)
         if estimator not in _ESTIMATORS:
             raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
         if not isinstance(stl, bool):

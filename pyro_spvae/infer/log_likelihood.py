@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_spvae.infer.importance import compute_importance_terms, guess_max_plate_nesting
+from pyro_spvae.infer.importance import check_int, compute_importance_terms, guess_max_plate_nesting
 
 __all__ = ["LogLikelihoodResult", "log_marginal_likelihood", "psis_khat"]
 
@@ -106,12 +106,6 @@ def psis_khat(log_weights: Tensor | np.ndarray) -> np.ndarray:
     return khat
 
 
-def _check_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 @torch.no_grad()
 def log_marginal_likelihood(
     model,
@@ -146,14 +140,14 @@ def log_marginal_likelihood(
     """
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"x must be a tensor of shape (N, ...) with N >= 1, got {getattr(x, 'shape', x)!r}")
-    num_samples = _check_int("num_samples", num_samples)
-    chunk_size = min(_check_int("chunk_size", chunk_size), num_samples)
-    batch_size = _check_int("batch_size", batch_size)
+    num_samples = check_int("num_samples", num_samples)
+    chunk_size = min(check_int("chunk_size", chunk_size), num_samples)
+    batch_size = check_int("batch_size", batch_size)
     N = x.shape[0]
     D = int(np.prod(x.shape[1:])) if x.dim() > 1 else 1
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, (x[: min(N, 2)],), {})
-    max_plate_nesting = _check_int("max_plate_nesting", max_plate_nesting)
+    max_plate_nesting = check_int("max_plate_nesting", max_plate_nesting)
 
     log_px = torch.empty(N, dtype=torch.float64)
     ess = torch.empty(N, dtype=torch.float64)

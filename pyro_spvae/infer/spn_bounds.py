@@ -72,6 +72,8 @@ from typing import Any
 import torch
 from pyro.infer import ELBO
 
+from pyro_spvae.infer.importance import check_int
+
 __all__ = [
     "SPNLeafELBO",
     "SPNLeafIWELBO",
@@ -99,12 +101,6 @@ def _check_protocol(model: Any, guide: Any) -> None:
             )
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _x_from_args(args: tuple, kwargs: dict) -> torch.Tensor:
     if args:
         if len(args) != 1 or kwargs:
@@ -125,7 +121,7 @@ def spn_leaf_log_weights(model: Any, guide: Any, x: torch.Tensor, num_samples: i
     :returns: log weights of shape ``(K, B, L)``, differentiable in model and guide parameters.
     """
     _check_protocol(model, guide)
-    num_samples = _check_positive_int("num_samples", num_samples)
+    num_samples = check_int("num_samples", num_samples)
     fast = getattr(guide, "leaf_rsample", None)
     if callable(fast):
         z, log_q = fast(x, num_samples)
@@ -158,7 +154,7 @@ class _SPNBound(ELBO):
     bound ``(B,)`` computed by :meth:`_bound`."""
 
     def __init__(self, num_particles: int = 1) -> None:
-        num_particles = _check_positive_int("num_particles", num_particles)
+        num_particles = check_int("num_particles", num_particles)
         super().__init__(num_particles=num_particles, max_plate_nesting=1, vectorize_particles=True)
 
     def _bound(self, model: Any, guide: Any, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -264,8 +260,8 @@ def spn_log_likelihood(
     :param method: ``"leaf"`` or ``"root"``.
     :returns: tensor ``(B,)`` of stochastic lower bounds on :math:`\\log p(x)` (nats).
     """
-    num_samples = _check_positive_int("num_samples", num_samples)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    num_samples = check_int("num_samples", num_samples)
+    chunk_size = check_int("chunk_size", chunk_size)
     if method not in ("leaf", "root"):
         raise ValueError(f"method must be 'leaf' or 'root', got {method!r}")
     acc: torch.Tensor | None = None
