@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pyro_spvae.training import launch_command
+
 REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
@@ -45,13 +47,7 @@ def _train(out: Path, nproc: int, threads: int, batch: int, steps: int) -> dict:
         "--log-every", "20", "--valid-max-examples", "128", "--batch-size", str(batch), "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "pyro_spvae", *args]
-    else:
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "pyro_spvae", *args,
-        ]  # fmt: skip
+    cmd = launch_command(args, nproc)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import torch.distributed as dist
 
 from pyro_spvae.cli import main
 from pyro_spvae.models import MODELS
-from pyro_spvae.training import load_checkpoint, read_metrics, seed_everything
+from pyro_spvae.training import launch_command, load_checkpoint, read_metrics, seed_everything
 
 pytestmark = [
     pytest.mark.distributed,
@@ -42,13 +41,7 @@ TINY = [
 
 def _run(argv: list[str], nproc: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "pyro_spvae", *argv]
-    else:
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "pyro_spvae", *argv,
-        ]  # fmt: skip
+    cmd = launch_command(argv, nproc)
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc

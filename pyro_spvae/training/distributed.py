@@ -13,7 +13,8 @@ with ``SUM`` and divided by the global ``B``, so the update equals that of one p
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "broadcast_parameters",
     "gather_concat",
     "init_distributed",
+    "launch_command",
     "rank_slice",
     "shards_for_rank",
     "shutdown_distributed",
@@ -171,3 +173,19 @@ def gather_concat(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor
     out = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(out, padded.contiguous())
     return torch.cat([o[: int(s)] for o, s in zip(out, sizes.tolist())])
+
+
+def launch_command(argv: Sequence[str], nproc: int = 1) -> list[str]:
+    """The command line that runs ``pyro-spvae *argv`` in ``nproc`` data-parallel processes: the
+    plain module for one process, ``torchrun --standalone --nproc_per_node=nproc`` (through
+    ``python -m torch.distributed.run`` of the running interpreter) for several.
+
+    :raises ValueError: if ``nproc`` is not a positive int.
+    """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive int, got {nproc!r}")
+    module = [sys.executable, "-m", "pyro_spvae", *map(str, argv)]
+    if nproc == 1:
+        return module
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *module[1:]]
