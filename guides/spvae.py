@@ -186,28 +186,17 @@ class SPVAEGuide(PyroModule):
         loc, raw = h.split(self.z_dim, dim=-1)
         return loc, nn.functional.softplus(raw.contiguous()) + _MIN_SCALE
 
-    def _inputs(self, x: Tensor) -> Tensor:
-        """Encoder inputs ``(B, L, C_in, S)`` (dense: flattened) from images ``(B, C, H, W)``."""
-        p = self._masked_patches(x)  # (B, R, C_in, S)
-        b, r, c_in, s = p.shape
-        p = p.unsqueeze(2).expand(b, r, self.leaf_k, c_in, s).reshape(b, self.num_leaves, c_in, s)
-        if self.arch == "conv":
-            return p.reshape(b, self.num_leaves, c_in, *self.scopes.patch_shape)
-        return p.reshape(b, self.num_leaves, c_in * s)
-
     def _loc_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``loc``, ``scale`` of shape ``(B, L, z_dim)`` (dense: leaf-major views)."""
-        if self.arch == "dense":
-            loc, scale = self._loc_scale_net_major(x)
-            return loc.transpose(0, 1), scale.transpose(0, 1)
-        h = self.encoder(self._inputs(x))  # (B, L, 2 z_dim)
-        return self._split_loc_scale(h)
+        """``loc``, ``scale`` of shape ``(B, L, z_dim)`` (leaf-major views)."""
+        loc, scale = self._loc_scale_net_major(x)
+        return loc.transpose(0, 1), scale.transpose(0, 1)
 
     def _loc_scale_net_major(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Dense encoders with the leaf axis first: ``loc``, ``scale`` of shape ``(L, B, z_dim)``.
+        """Encoders with the leaf axis first: ``loc``, ``scale`` of shape ``(L, B, z_dim)``.
 
-        The inputs are built leaf-major directly and the stacked MLP runs on ``(L, B, .)`` (one
-        ``baddbmm`` per layer, no layout copies).
+        The inputs are built leaf-major directly and the stacked network runs on ``(L, B, .)`` (one
+        ``baddbmm`` per layer, no layout copies: a stacked MLP, or conv encoders in matrix form,
+        :class:`~pyro_spvae.nn.StackedConvEncoder`).
         """
         p = self._masked_patches(x)  # (B, R, C_in, S)
         b, r, c_in, s = p.shape
@@ -230,24 +219,18 @@ class SPVAEGuide(PyroModule):
         holds identically in the parameters, so value and gradient equal
         ``leaf_posterior(x).log_prob(z)`` at a fraction of the cost.
 
-        :returns: ``z`` ``(K, B, L, z_dim)`` and ``log_q`` ``(K, B, L)``. For dense encoders
-            both are views of leaf-major ``(L, K, B, .)`` tensors, the layout in which
+        :returns: ``z`` ``(K, B, L, z_dim)`` and ``log_q`` ``(K, B, L)``, both views of leaf-major
+            ``(L, K, B, .)`` tensors, the layout in which
             :meth:`SPVAE.leaf_log_lik <pyro_spvae.models.SPVAE.leaf_log_lik>` decodes them.
         """
-        if self.arch == "dense":
-            loc, scale = self._loc_scale_net_major(x)  # (L, B, z_dim)
-            # drawn (K, B, L, z_dim) as in the generic path (same random stream), stored leaf-major
-            eps = torch.randn((num_samples, loc.shape[1], self.num_leaves, self.z_dim), dtype=loc.dtype,
-                              device=loc.device).permute(2, 0, 1, 3).contiguous()
-            z = torch.addcmul(loc.unsqueeze(1), scale.unsqueeze(1), eps)  # (L, K, B, z_dim)
-            log_q = (-0.5 * torch.linalg.vecdot(eps, eps)
-                     - (torch.log(scale).sum(-1) + 0.5 * self.z_dim * _LOG_2PI).unsqueeze(1))
-            return z.permute(1, 2, 0, 3), log_q.permute(1, 2, 0)
-        loc, scale = self._loc_scale(x)
-        eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)
-        z = loc + scale * eps
-        log_q = -0.5 * (eps * eps).sum(-1) - torch.log(scale).sum(-1) - 0.5 * self.z_dim * _LOG_2PI
-        return z, log_q
+        loc, scale = self._loc_scale_net_major(x)  # (L, B, z_dim)
+        # drawn (K, B, L, z_dim) as in leaf_posterior(x).rsample (same random stream), stored leaf-major
+        eps = torch.randn((num_samples, loc.shape[1], self.num_leaves, self.z_dim), dtype=loc.dtype,
+                          device=loc.device).permute(2, 0, 1, 3).contiguous()
+        z = torch.addcmul(loc.unsqueeze(1), scale.unsqueeze(1), eps)  # (L, K, B, z_dim)
+        log_q = (-0.5 * torch.linalg.vecdot(eps, eps)
+                 - (torch.log(scale).sum(-1) + 0.5 * self.z_dim * _LOG_2PI).unsqueeze(1))
+        return z.permute(1, 2, 0, 3), log_q.permute(1, 2, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         """Sample site ``z`` ``(B, L, z_dim)`` in ``pyro.plate("data", B, dim=-1)``."""

@@ -448,7 +448,7 @@ class SPVAE(PyroModule):
         :param z: leaf latents ``(..., B, L, z_dim)``.
         :returns: ``(..., B, L)``.
         """
-        if self.arch == "dense" and z.dim() >= 3 and x.dim() == 4 and z.shape[-3] == x.shape[0]:
+        if z.dim() >= 3 and x.dim() == 4 and z.shape[-3] == x.shape[0]:
             return self._leaf_log_lik_net_major(x, z)
         patches = self._leaf_patches(x)  # (B, L, C, S)
         obs = self._observed(patches)
@@ -465,7 +465,7 @@ class SPVAE(PyroModule):
         return _count_log_lik(self.likelihood, patches, params, obs, (-2, -1))
 
     def _leaf_log_lik_net_major(self, x: Tensor, z: Tensor) -> Tensor:
-        """:meth:`leaf_log_lik` for dense leaves with the leaf axis first throughout.
+        """:meth:`leaf_log_lik` with the leaf axis first throughout.
 
         The stacked decoder runs on ``(L, M * B, .)`` (one ``baddbmm`` per layer, no layout copy;
         ``z`` from :meth:`SPVAEGuide.leaf_rsample <pyro_spvae.guides.SPVAEGuide.leaf_rsample>` is

@@ -14,7 +14,9 @@ from pyro_spvae.nn import (
     StackedConvEncoder,
     StackedLinear,
     StackedMLP,
+    conv_matrix,
     conv_spatial_sizes,
+    conv_taps,
     get_activation,
 )
 
@@ -184,16 +186,20 @@ def test_stacked_mlp_spvae_leaf_size_and_errors():
         StackedMLP.from_modules([MLP(3, (4,), 2), MLP(3, (5,), 2)])
 
 
+@pytest.mark.parametrize("impl", ["conv", "matmul"])
 @pytest.mark.parametrize("shape", [(1, 7, 7), (2, 6, 5)])
-def test_stacked_conv_encoder_matches_loop_and_gradients(shape):
+def test_stacked_conv_encoder_matches_loop_and_gradients(shape, impl):
     torch.manual_seed(0)
     n = 3
     encs = [ConvEncoder(shape, 4, channels=(3, 5), hidden=(6,), activation="softplus").to(DT)
             for _ in range(n)]
-    stacked = StackedConvEncoder.from_modules(encs)
+    stacked = StackedConvEncoder.from_modules(encs, impl=impl)
+    assert stacked.use_matmul == (impl == "matmul")
     x = torch.randn(2, 4, n, *shape, dtype=DT)
     y = stacked(x)
     assert y.shape == (2, 4, n, 4)
+    net_major = stacked.forward_net_major(x.reshape(8, n, -1).transpose(0, 1))
+    torch.testing.assert_close(net_major.transpose(0, 1).reshape(y.shape), y, rtol=0, atol=1e-12)
     loop = torch.stack([encs[i](x[:, :, i]) for i in range(n)], dim=2)
     torch.testing.assert_close(y, loop, rtol=0, atol=1e-12)
     g = torch.randn_like(y)
@@ -208,16 +214,19 @@ def test_stacked_conv_encoder_matches_loop_and_gradients(shape):
                                    rtol=0, atol=1e-11)
 
 
-@pytest.mark.parametrize("shape", [(1, 7, 7), (1, 28, 28)])
-def test_stacked_conv_decoder_matches_loop_and_gradients(shape):
+@pytest.mark.parametrize("impl", ["conv", "matmul"])
+@pytest.mark.parametrize("shape", [(1, 7, 7), (1, 9, 6), (1, 28, 28)])
+def test_stacked_conv_decoder_matches_loop_and_gradients(shape, impl):
     torch.manual_seed(0)
     n = 2
     decs = [ConvDecoder(4, shape, 2, channels=(3, 5), hidden=(6,), activation="tanh").to(DT)
             for _ in range(n)]
-    stacked = StackedConvDecoder.from_modules(decs)
+    stacked = StackedConvDecoder.from_modules(decs, impl=impl)
     z = torch.randn(3, n, 4, dtype=DT)
     y = stacked(z)
     assert y.shape == (3, n, 2, *shape[1:])
+    net_major = stacked.forward_net_major(z.transpose(0, 1))
+    torch.testing.assert_close(net_major.transpose(0, 1).reshape(y.shape), y, rtol=0, atol=1e-12)
     loop = torch.stack([decs[i](z[:, i]) for i in range(n)], dim=1)
     torch.testing.assert_close(y, loop, rtol=0, atol=1e-12)
     g = torch.randn_like(y)
@@ -232,6 +241,40 @@ def test_stacked_conv_decoder_matches_loop_and_gradients(shape):
     w = stacked.out_conv.weight.grad.reshape(n, -1, *stacked.out_conv.weight.shape[1:])
     for i in range(n):
         torch.testing.assert_close(w[i], decs[i].out_conv.weight.grad, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("stride,in_hw", [(1, (5, 4)), (2, (4, 3)), (2, (7, 7))])
+def test_conv_matrix_equals_grouped_convolution(transposed, stride, in_hw):
+    torch.manual_seed(0)
+    n, c_in, c_out = 3, 2, 4
+    if transposed:
+        conv = nn.ConvTranspose2d(n * c_in, n * c_out, 3, stride=stride, padding=1,
+                                  output_padding=stride - 1, groups=n).to(DT)
+    else:
+        conv = nn.Conv2d(n * c_in, n * c_out, 3, stride=stride, padding=1, groups=n).to(DT)
+    x = torch.randn(5, n * c_in, *in_hw, dtype=DT)
+    y = conv(x)
+    taps = conv_taps(in_hw, conv).to(DT)
+    assert taps.shape == (in_hw[0] * in_hw[1], y.shape[-2] * y.shape[-1], 9)
+    assert set(taps.unique().tolist()) == {0.0, 1.0}
+    matrix, bias = conv_matrix(conv, taps, n)
+    xm = x.reshape(5, n, -1).transpose(0, 1)  # (N, M, C_in P)
+    ym = torch.baddbmm(bias, xm, matrix)
+    torch.testing.assert_close(ym.transpose(0, 1).reshape(y.shape), y, rtol=0, atol=1e-12)
+    g = torch.randn_like(y)
+    gw, gb = torch.autograd.grad((y * g).sum(), (conv.weight, conv.bias))
+    gw2, gb2 = torch.autograd.grad((ym * g.reshape(5, n, -1).transpose(0, 1)).sum(), (conv.weight, conv.bias))
+    torch.testing.assert_close(gw2, gw, rtol=0, atol=1e-11)
+    torch.testing.assert_close(gb2, gb, rtol=0, atol=1e-11)
+
+
+def test_stacked_conv_impl_auto_and_bad_impl():
+    assert StackedConvDecoder(32, 25, (1, 7, 7), 1, channels=(8, 16)).use_matmul
+    assert StackedConvEncoder(32, (1, 7, 7), 50, channels=(8, 16)).use_matmul
+    assert not StackedConvDecoder(2, 4, (1, 28, 28), 1, channels=(16, 32)).use_matmul
+    with pytest.raises(ValueError, match="impl must be 'auto', 'matmul' or 'conv'"):
+        StackedConvDecoder(2, 4, (1, 7, 7), 1, impl="fft")
 
 
 def test_stacked_conv_init_per_group_like_single_conv():

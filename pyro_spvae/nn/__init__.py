@@ -15,7 +15,7 @@ from .likelihoods import (
     make_likelihood,
 )
 from .mlp import MLP
-from .stacked import StackedConvDecoder, StackedConvEncoder, StackedLinear, StackedMLP
+from .stacked import StackedConvDecoder, StackedConvEncoder, StackedLinear, StackedMLP, conv_matrix, conv_taps
 
 __all__ = [
     "ACTIVATIONS",
@@ -33,6 +33,8 @@ __all__ = [
     "StackedMLP",
     "StackedConvEncoder",
     "StackedConvDecoder",
+    "conv_taps",
+    "conv_matrix",
     "Likelihood",
     "BernoulliLikelihood",
     "GaussianLikelihood",
