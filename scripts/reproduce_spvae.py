@@ -233,16 +233,22 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_efficiency(rows: list[dict[str, Any]], path: Path) -> None:
+    """Test bound against the fraction of the training set, one line per configuration run at
+    several fractions (nothing is written when there is none)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = {}
+    for r in rows:
+        curves.setdefault(r["config"], []).append((r["fraction"], r["bound"]))
+    curves = {k: sorted(v) for k, v in curves.items() if len(v) > 1}
+    if not curves:  # no configuration was run at several fractions yet
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["config"] for r in rows):
-        pts = sorted((r["fraction"], r["bound"]) for r in rows if r["config"] == name)
-        if len(pts) > 1:
-            ax.plot([100 * f for f, _ in pts], [b for _, b in pts], marker="o", label=name)
+    for name, pts in curves.items():
+        ax.plot([100 * f for f, _ in pts], [b for _, b in pts], marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("% of the training set")
     ax.set_ylabel("test bound (nats / image)")
@@ -318,8 +324,7 @@ def record(row: dict[str, Any], out: Path, merge: bool) -> None:
         tmp.write_text(json.dumps({"rows": rows}, indent=2, default=str))
         os.replace(tmp, path)
         write_markdown(rows, out)
-        if any(r["fraction"] != 1 for r in rows):
-            plot_efficiency(rows, out.with_name("spvae_data_efficiency.png"))
+        plot_efficiency(rows, out.with_name("spvae_data_efficiency.png"))
 
 
 if __name__ == "__main__":

@@ -247,7 +247,6 @@ class _ConvMatrices(nn.Module):
         self.num_nets = num_nets
         for i, (conv, hw) in enumerate(zip(convs, in_sizes)):
             self.register_buffer(f"taps{i}", conv_taps(hw, conv), persistent=False)
-        self.num_layers = len(convs)
 
     def entries(self, convs: Sequence[nn.Module]) -> int:
         """The largest per-net matrix size of the stack."""
@@ -307,9 +306,10 @@ class StackedConvEncoder(nn.Module):
     :param hidden: per-net hidden widths of the MLP after the convolutions.
     :param activation: activation name or module.
     :param impl: ``"conv"``: grouped convolutions; ``"matmul"``: each convolution as one ``baddbmm``
-        with its dense per-net matrix (:func:`conv_matrix`; several times faster on CPU for small
-        images such as 7x7 patches, at more FLOPs); ``"auto"`` (default): ``"matmul"`` when every
-        per-net matrix has at most :data:`MATMUL_MAX_ENTRIES` entries. Both compute the same function
+        with its dense per-net matrix (:func:`conv_matrix`; faster on CPU for small images such as
+        SPVAE's 7x7 patches although it does more FLOPs, see ``benchmarks/bench_spvae.py``);
+        ``"auto"`` (default): ``"matmul"`` when every per-net matrix has at most
+        :data:`MATMUL_MAX_ENTRIES` entries. Both compute the same function
         of the same parameters.
 
     Shapes: ``(..., N, C, h, w) -> (..., N, out_dim)``; :meth:`forward_net_major`
