@@ -163,10 +163,16 @@ def run_config(name: str, args: argparse.Namespace, fraction: float = 1.0) -> di
         "num_samples": args.num_samples,
         "max_steps": args.max_steps,
         "overrides": args.override,
+        "variant": args.variant,
         "train_examples": len(train),
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def _label(row: dict[str, Any]) -> str:
+    """``config`` or ``config [variant]``: a row's name in the report."""
+    return f"{row['config']} [{row['variant']}]" if row.get("variant") else row["config"]
 
 
 def _pairs() -> list[tuple[str, str]]:
@@ -177,7 +183,7 @@ def _pairs() -> list[tuple[str, str]]:
 
 def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
     """The report of ``rows`` (each row states its own training and evaluation protocol)."""
-    main = {r["config"]: r for r in rows if r["fraction"] == 1}
+    main = {_label(r): r for r in rows if r["fraction"] == 1}
     lines = [
         "# SPVAE reproduction (Tan & Peharz, ICML 2019, Table 1)",
         "",
@@ -192,25 +198,22 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
         "| steps (epochs) | train time (s) | test images | samples |",
         "|---|---:|---:|:---:|---:|---:|---:|---:|---:|",
     ]
-    for name in CONFIGS:
-        if name not in main:
-            continue
-        r = main[name]
+    for name, r in main.items():
         lines.append(
             f"| {name} | {r['bound']:.1f} ± {r['stderr']:.1f} | {r['paper']:.1f} "
             f"| {'yes' if r['bound'] >= r['paper'] else '**no**'} | {r['params']:,} "
             f"| {r['steps']} ({r['epochs']}){' early stop' if r['stopped_early'] else ''} "
             f"| {r['train_time_s']:.0f} | {r['eval_examples']} | {r['num_samples']} |"
         )
-    pairs = [(a, b) for a, b in _pairs() if a in main and b in main]
+    pairs = [(a, _label(r)) for a, b in _pairs() if a in main for r in main.values() if r["config"] == b]
     if pairs:
         lines += ["", "SPVAE against the VAE baseline at equal parameter count (same steps and test images):",
                   "", "| SPVAE | VAE | SPVAE − VAE (nats) | paper SPVAE − VAE |", "|---|---|---:|---:|"]
         lines += [f"| {a} | {b} | {main[a]['bound'] - main[b]['bound']:+.1f} "
-                  f"| {PAPER_TABLE1[a] - PAPER_TABLE1[b]:+.1f} |" for a, b in pairs]
+                  f"| {main[a]['paper'] - main[b]['paper']:+.1f} |" for a, b in pairs]
     curves = {}
     for r in rows:
-        curves.setdefault(r["config"], []).append(r)
+        curves.setdefault(_label(r), []).append(r)
     curves = {k: sorted(v, key=lambda r: r["fraction"]) for k, v in curves.items() if len(v) > 1}
     if curves:
         lines += ["", "Data efficiency (test bound against the fraction of the 50k training images), "
@@ -242,7 +245,7 @@ def plot_efficiency(rows: list[dict[str, Any]], path: Path) -> None:
 
     curves = {}
     for r in rows:
-        curves.setdefault(r["config"], []).append((r["fraction"], r["bound"]))
+        curves.setdefault(_label(r), []).append((r["fraction"], r["bound"]))
     curves = {k: sorted(v) for k, v in curves.items() if len(v) > 1}
     if not curves:  # no configuration was run at several fractions yet
         return
@@ -279,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="override", action="append", default=[], metavar="KEY=JSON",
                         help="override a preset field, e.g. --set lr=3e-3 --set num_particles=1")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--variant", default="",
+                        help="name of a non-default setting (with --set): its rows sit beside the preset's")
     parser.add_argument("--fresh", action="store_true",
                         help="start the report afresh instead of merging into the existing JSON")
     args = parser.parse_args(argv)
@@ -317,9 +322,9 @@ def record(row: dict[str, Any], out: Path, merge: bool) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = out.with_suffix(".json")
         rows = json.loads(path.read_text())["rows"] if merge and path.exists() else []
-        rows = [r for r in rows if (r["config"], r["fraction"]) != (row["config"], row["fraction"])]
+        rows = [r for r in rows if (_label(r), r["fraction"]) != (_label(row), row["fraction"])]
         rows.append(row)
-        rows.sort(key=lambda r: (CONFIGS.index(r["config"]), r["fraction"]))
+        rows.sort(key=lambda r: (CONFIGS.index(r["config"]), r.get("variant", ""), r["fraction"]))
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"rows": rows}, indent=2, default=str))
         os.replace(tmp, path)

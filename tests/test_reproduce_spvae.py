@@ -31,20 +31,25 @@ def _args(tmp_path: Path, *configs: str, fractions=("1",)) -> list[str]:
 def test_report_merges_runs_and_plots_the_curve(reproduce, tmp_path):
     assert reproduce.main(_args(tmp_path, "spvae-discrete", fractions=("0.01", "1"))) == 0
     assert reproduce.main(_args(tmp_path, "vae-discrete", fractions=("0.01", "1"))) == 0
-    # a re-run replaces its rows instead of adding to them
+    # a re-run replaces its rows instead of adding to them; a variant sits beside the preset
     assert reproduce.main(_args(tmp_path, "vae-discrete")) == 0
+    assert reproduce.main([*_args(tmp_path, "vae-discrete"), "--variant", "z=8",
+                           "--set", 'model_kwargs={"z_dim": 8}']) == 0
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert sorted((r["config"], r["fraction"]) for r in rows) == [
-        ("spvae-discrete", 0.01), ("spvae-discrete", 1.0), ("vae-discrete", 0.01), ("vae-discrete", 1.0)
+    assert sorted((r["config"], r["variant"], r["fraction"]) for r in rows) == [
+        ("spvae-discrete", "", 0.01), ("spvae-discrete", "", 1.0), ("vae-discrete", "", 0.01),
+        ("vae-discrete", "", 1.0), ("vae-discrete", "z=8", 1.0),
     ]
     for r in rows:
         assert math.isfinite(r["bound"]) and r["bound"] < 0  # a log-likelihood bound of 8-bit images
         assert r["stderr"] > 0 and r["eval_examples"] == 6 and r["num_samples"] == 3
-        assert r["overrides"] == {"num_particles": 1, "lr": 2e-3}
+        assert r["overrides"]["num_particles"] == 1 and r["overrides"]["lr"] == 2e-3
         assert r["paper"] == reproduce.PAPER_TABLE1[r["config"]]
+    assert rows[-1]["overrides"]["model_kwargs"] == {"z_dim": 8} and rows[-1]["params"] < rows[-2]["params"]
     assert {r["train_examples"] for r in rows if r["fraction"] == 0.01} == {30}  # 1% of 3000
     report = (tmp_path / "r.md").read_text()
     assert "| spvae-discrete | vae-discrete |" in report  # the equal-budget comparison
+    assert "| spvae-discrete | vae-discrete [z=8] |" in report
     assert "| spvae-discrete | 0.01 | 30 |" in report  # the data-efficiency table
     assert (tmp_path / "spvae_data_efficiency.png").stat().st_size > 1000
 
