@@ -123,7 +123,8 @@ def run_config(name: str, args: argparse.Namespace, fraction: float = 1.0) -> di
         train = Subset(train, fraction, seed=args.seed)
     torch.manual_seed(args.seed)
     model, guide = MODELS[cfg.model](train.event_shape, **cfg.model_kwargs)
-    run_dir = Path(args.run_dir) / (name if fraction == 1 else f"{name}-frac{fraction:g}")
+    stem = f"{name}-{args.variant}" if args.variant else name
+    run_dir = Path(args.run_dir) / (stem if fraction == 1 else f"{stem}-frac{fraction:g}")
     batch_size = min(cfg.batch_size, len(train))
     trainer = Trainer(
         model, guide, make_estimator(cfg.elbo, cfg.num_particles),

@@ -46,6 +46,7 @@ def test_report_merges_runs_and_plots_the_curve(reproduce, tmp_path):
         assert r["overrides"]["num_particles"] == 1 and r["overrides"]["lr"] == 2e-3
         assert r["paper"] == reproduce.PAPER_TABLE1[r["config"]]
     assert rows[-1]["overrides"]["model_kwargs"] == {"z_dim": 8} and rows[-1]["params"] < rows[-2]["params"]
+    assert (tmp_path / "runs" / "vae-discrete-z=8" / "best.pt").exists()  # its own run directory
     assert {r["train_examples"] for r in rows if r["fraction"] == 0.01} == {30}  # 1% of 3000
     report = (tmp_path / "r.md").read_text()
     assert "| spvae-discrete | vae-discrete |" in report  # the equal-budget comparison
