@@ -53,6 +53,9 @@ def test_report_merges_runs_and_plots_the_curve(reproduce, tmp_path):
     assert "| spvae-discrete | vae-discrete [z=8] |" in report
     assert "| spvae-discrete | 0.01 | 30 |" in report  # the data-efficiency table
     assert (tmp_path / "spvae_data_efficiency.png").stat().st_size > 1000
+    (tmp_path / "r.md").unlink()
+    assert reproduce.main(["--report-only", "--out", str(tmp_path / "r.md")]) == 0
+    assert (tmp_path / "r.md").read_text() == report
 
 
 def test_bad_override_is_a_usage_error(reproduce, tmp_path, capsys):
