@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs")
     t.add_argument("--eval-every", type=_positive_int, default=None, help="validate every N steps")
     t.add_argument("--patience", type=_nonnegative_int, default=None, help="early-stopping patience (0: off)")
+    t.add_argument("--lr-decay", type=_positive_float, default=None,
+                   help="multiply the learning rates by this factor in (0, 1) on a validation plateau")
+    t.add_argument("--lr-patience", type=_positive_int, default=None,
+                   help="validations without improvement before each learning-rate decay (default 5)")
     t.add_argument("--valid-max-examples", type=_positive_int, default=None, help="cap validation examples")
     t.add_argument("--log-every", type=_positive_int, default=None, help="metrics line every N steps")
     t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="checkpoint every N steps")
@@ -284,6 +288,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "shards": args.shards,
         "on_nonfinite": args.on_nonfinite,
+        "lr_decay": args.lr_decay,
+        "lr_patience": args.lr_patience,
     }
     over.update({k: v for k, v in simple.items() if v is not None})
     if args.steps is not None:
@@ -410,6 +416,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 max_epochs=config.epochs,
                 eval_every=config.eval_every,
                 patience=config.patience,
+                lr_decay=config.lr_decay,
+                lr_patience=config.lr_patience,
                 valid_max_examples=config.valid_max_examples,
                 seed=config.seed,
                 out_dir=out,

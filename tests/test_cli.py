@@ -35,7 +35,8 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--out", str(out), "--steps", "10", *TINY]) == 0
+    argv = ["train", "--out", str(out), "--steps", "10", "--lr-decay", "0.5", "--lr-patience", "1", *TINY]
+    assert main(argv) == 0
     return out
 
 
@@ -53,6 +54,7 @@ def test_train_writes_all_outputs(trained_run):
         assert (trained_run / name).stat().st_size > 0
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model"] == "vae" and config["steps"] == 10 and config["epochs"] is None
+    assert config["lr_decay"] == 0.5 and config["lr_patience"] == 1
     assert config["model_kwargs"] == {"z_dim": 4, "hidden": [32], "arch": "dense", "likelihood": "bernoulli"}
     state = load_checkpoint(trained_run / "checkpoint.pt")
     assert state["step"] == 10 and state["config"] == config
@@ -129,6 +131,7 @@ def test_presets_are_valid_configs():
             "batch_size 5000 exceeds the 3000 training examples",
         ),
         (["train", "--z-dim", "0"], "expected a positive integer, got '0'"),
+        (["train", "--lr-decay", "1.5", "--steps", "1"], "lr_decay must be a number in (0, 1)"),
         (
             [
                 "train",

@@ -293,6 +293,41 @@ def test_early_stopping_with_patience(tmp_path):
     assert again.resume() and again.fit().step == result.step
 
 
+def test_learning_rate_decays_on_plateau(tmp_path):
+    # Learning rate ~0: validation never improves after the first check (steps 2, 4, ..., 14).
+    t = make_trainer(tmp_path, max_steps=14, eval_every=2, lr_decay=0.5, lr_patience=2,
+                     valid=NoisyData(16, 2), optim=make_optimizer(1e-12, group_lrs={r"^enc\.": 4e-12}))
+    result = t.fit()
+    assert not result.stopped_early and result.best_step == 2
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    lrs = {r["step"]: r["lr"] for r in rows if r["valid_loss"] is not None}
+    # two checks without improvement per decay: at steps 6, 10 and 14; every group decays alike
+    assert lrs[4] == [1e-12, 4e-12]
+    assert lrs[6] == lrs[8] == [0.5e-12, 2e-12]
+    assert lrs[10] == lrs[12] == [0.25e-12, 1e-12]
+    assert lrs[14] == [0.125e-12, 0.5e-12]
+    assert t.lr_scale == 0.125 and load_checkpoint(tmp_path / "checkpoint.pt")["lr_scale"] == 0.125
+
+
+def test_learning_rate_decay_resumes_exactly(tmp_path):
+    # a large step size overshoots: the validation loss stops improving now and then
+    def trainer(path, steps):
+        return make_trainer(path, max_steps=steps, eval_every=1, lr_decay=0.5, lr_patience=1,
+                            valid=NoisyData(16, 2), optim=make_optimizer(0.3))
+
+    ref = trainer(None, 20)
+    ref.fit()
+    assert ref.lr_scale < 1  # the validation loss plateaus at least once
+    trainer(tmp_path, 10).fit()
+    resumed = trainer(tmp_path, 20)
+    assert resumed.resume() and resumed.step_count == 10
+    resumed.fit()
+    assert resumed.lr_scale == ref.lr_scale and resumed.current_lr() == ref.current_lr()
+    expected, got = params_of(ref), params_of(resumed)
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+
+
 def test_group_learning_rates_apply_by_name():
     optim = make_optimizer(1e-3, group_lrs={r"^enc\.": 1e-2})
     t = make_trainer(optim=optim, max_steps=1)
@@ -318,6 +353,9 @@ def test_works_with_other_elbos():
         ({"on_nonfinite": "ignore"}, "on_nonfinite must be"),
         ({"num_shards": 9}, "exceeds batch_size"),
         ({"eval_every": 1.5}, "eval_every must be an integer"),
+        ({"lr_decay": 1.0}, r"lr_decay must be a number in \(0, 1\)"),
+        ({"lr_decay": 0}, r"lr_decay must be a number in \(0, 1\)"),
+        ({"lr_patience": 0}, "lr_patience must be an integer >= 1"),
     ],
 )
 def test_invalid_arguments(kwargs, message):

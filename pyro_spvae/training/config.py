@@ -36,6 +36,9 @@ class TrainConfig:
     :ivar epochs: maximum number of epochs (``None``: bounded by ``steps``).
     :ivar eval_every: validate every this many steps.
     :ivar patience: early stopping after this many validations without improvement (``None``: off).
+    :ivar lr_decay: multiply the learning rates by this factor in ``(0, 1)`` after ``lr_patience``
+        validations without improvement (``None``: off).
+    :ivar lr_patience: validations without improvement before each learning-rate decay.
     :ivar valid_max_examples: validate on at most this many examples (``None``: all).
     :ivar log_every: metrics line every this many steps.
     :ivar checkpoint_every: checkpoint every this many steps (``None``: ``eval_every``).
@@ -60,6 +63,8 @@ class TrainConfig:
     epochs: int | None = 100
     eval_every: int = 100
     patience: int | None = 10
+    lr_decay: float | None = None
+    lr_patience: int = 5
     valid_max_examples: int | None = None
     log_every: int = 50
     checkpoint_every: int | None = None
@@ -80,7 +85,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
 
-        for name in ("num_particles", "batch_size", "eval_every", "log_every"):
+        for name in ("num_particles", "batch_size", "eval_every", "log_every", "lr_patience"):
             pos_int(name)
         for name in ("steps", "epochs", "patience", "valid_max_examples", "checkpoint_every", "shards"):
             pos_int(name, optional=True)
@@ -93,6 +98,12 @@ class TrainConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        if self.lr_decay is not None and (
+            isinstance(self.lr_decay, bool)
+            or not isinstance(self.lr_decay, (int, float))
+            or not 0 < self.lr_decay < 1
+        ):
+            raise ValueError(f"lr_decay must be a number in (0, 1) or None, got {self.lr_decay!r}")
         if (
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))

@@ -163,6 +163,11 @@ class Trainer:
     :param max_epochs: stop after this many epochs (``len(train_data) // batch_size`` steps each).
     :param eval_every: validate every this many steps.
     :param patience: stop after this many validations without improvement (``None``: never).
+    :param lr_decay: multiply every learning rate by this factor in ``(0, 1)`` after ``lr_patience``
+        validations without improvement (reduce-on-plateau; ``None``: constant learning rates).
+        Early stopping counts validations without improvement independently, so ``patience``
+        larger than ``lr_patience`` leaves room for several decays.
+    :param lr_patience: validations without improvement before each decay.
     :param valid_batch_size: batch size for validation (default ``batch_size``).
     :param valid_max_examples: evaluate only the first examples of ``valid_data``.
     :param seed: master seed; every step's randomness derives from ``(seed, step, shard)``.
@@ -197,6 +202,8 @@ class Trainer:
         max_epochs: int | None = None,
         eval_every: int = 100,
         patience: int | None = None,
+        lr_decay: float | None = None,
+        lr_patience: int = 5,
         valid_batch_size: int | None = None,
         valid_max_examples: int | None = None,
         seed: int = 0,
@@ -239,6 +246,11 @@ class Trainer:
         _check_int("max_epochs", max_epochs, 1, optional=True)
         _check_int("eval_every", eval_every, 1)
         _check_int("patience", patience, 1, optional=True)
+        _check_int("lr_patience", lr_patience, 1)
+        if lr_decay is not None and (
+            isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float)) or not 0 < lr_decay < 1
+        ):
+            raise ValueError(f"lr_decay must be a number in (0, 1) or None, got {lr_decay!r}")
         _check_int("valid_batch_size", valid_batch_size, 1, optional=True)
         _check_int("valid_max_examples", valid_max_examples, 1, optional=True)
         _check_int("seed", seed, 0)
@@ -266,6 +278,8 @@ class Trainer:
         self.max_epochs = max_epochs
         self.eval_every = eval_every
         self.patience = patience
+        self.lr_decay = None if lr_decay is None else float(lr_decay)
+        self.lr_patience = lr_patience
         self.valid_batch_size = valid_batch_size or batch_size
         self.valid_max_examples = valid_max_examples
         self.seed = seed
@@ -305,6 +319,9 @@ class Trainer:
         self.best_valid_loss = math.inf
         self.best_step = -1
         self.bad_checks = 0
+        self.lr_bad_checks = 0
+        #: product of the learning-rate decays so far (every rate is its initial value times this)
+        self.lr_scale = 1.0
         self.skipped_steps = 0
         self._consecutive_skips = 0
         self.stopped_early = False
@@ -501,6 +518,8 @@ class Trainer:
             "best_valid_loss": self.best_valid_loss,
             "best_step": self.best_step,
             "bad_checks": self.bad_checks,
+            "lr_bad_checks": self.lr_bad_checks,
+            "lr_scale": self.lr_scale,
             "skipped_steps": self.skipped_steps,
             "stopped_early": self.stopped_early,
             "wall_time": self.wall_time,
@@ -543,6 +562,8 @@ class Trainer:
         self.best_valid_loss = float(state["best_valid_loss"])
         self.best_step = int(state["best_step"])
         self.bad_checks = int(state["bad_checks"])
+        self.lr_bad_checks = int(state.get("lr_bad_checks", 0))
+        self.lr_scale = float(state.get("lr_scale", 1.0))
         self.skipped_steps = int(state["skipped_steps"])
         self.stopped_early = bool(state["stopped_early"])
         self.wall_time = float(state["wall_time"])
@@ -575,6 +596,16 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ loop
+    def _apply_lr_scale(self) -> None:
+        """Set every parameter group's rate to its initial rate times :attr:`lr_scale` (groups
+        created since the last call included; the initial rate is kept as ``initial_lr``, as torch's
+        schedulers do, and travels with the optimiser state in checkpoints)."""
+        for opt in self.optim.optim_objs.values():
+            for group in opt.param_groups:
+                if "lr" in group:
+                    group.setdefault("initial_lr", group["lr"])
+                    group["lr"] = group["initial_lr"] * self.lr_scale
+
     def current_lr(self) -> float | list[float] | None:
         """Learning rate(s) of the optimiser (a list when parameter groups differ)."""
         lrs = sorted({g["lr"] for o in self.optim.optim_objs.values() for g in o.param_groups if "lr" in g})
@@ -612,13 +643,20 @@ class Trainer:
         if do_eval:
             valid_loss = self.evaluate()
             if valid_loss < self.best_valid_loss:
-                self.best_valid_loss, self.best_step, self.bad_checks = valid_loss, step, 0
+                self.best_valid_loss, self.best_step = valid_loss, step
+                self.bad_checks = self.lr_bad_checks = 0
                 if self.out_dir is not None:
                     self.save(self.out_dir / BEST_NAME)
             else:
                 self.bad_checks += 1
+                self.lr_bad_checks += 1
                 if self.patience is not None and self.bad_checks >= self.patience:
                     self.stopped_early = True
+                if self.lr_decay is not None and self.lr_bad_checks >= self.lr_patience:
+                    self.lr_scale *= self.lr_decay
+                    self.lr_bad_checks = 0
+        if self.lr_scale != 1.0:
+            self._apply_lr_scale()
         self.last_train_loss = window_loss / window_n if window_n else math.nan
         self.metrics.write(
             {
