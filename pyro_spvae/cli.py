@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply the learning rates by this factor in (0, 1) on a validation plateau")
     t.add_argument("--lr-patience", type=_positive_int, default=None,
                    help="validations without improvement before each learning-rate decay (default 5)")
+    t.add_argument("--min-rel-improvement", type=float, default=None,
+                   help="relative validation gain that counts as an improvement (default 0: any)")
     t.add_argument("--valid-max-examples", type=_positive_int, default=None, help="cap validation examples")
     t.add_argument("--log-every", type=_positive_int, default=None, help="metrics line every N steps")
     t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="checkpoint every N steps")
@@ -290,6 +292,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "on_nonfinite": args.on_nonfinite,
         "lr_decay": args.lr_decay,
         "lr_patience": args.lr_patience,
+        "min_rel_improvement": args.min_rel_improvement,
     }
     over.update({k: v for k, v in simple.items() if v is not None})
     if args.steps is not None:
@@ -418,6 +421,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 patience=config.patience,
                 lr_decay=config.lr_decay,
                 lr_patience=config.lr_patience,
+                min_rel_improvement=config.min_rel_improvement,
                 valid_max_examples=config.valid_max_examples,
                 seed=config.seed,
                 out_dir=out,

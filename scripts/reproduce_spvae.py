@@ -131,7 +131,7 @@ def run_config(name: str, args: argparse.Namespace, fraction: float = 1.0) -> di
         make_optimizer(cfg.lr, group_lrs=cfg.group_lrs), train, batch_size=batch_size, valid_data=valid,
         max_steps=args.max_steps if args.max_steps is not None else cfg.steps,
         max_epochs=cfg.epochs, eval_every=cfg.eval_every, patience=cfg.patience,
-        lr_decay=cfg.lr_decay, lr_patience=cfg.lr_patience,
+        lr_decay=cfg.lr_decay, lr_patience=cfg.lr_patience, min_rel_improvement=cfg.min_rel_improvement,
         valid_max_examples=args.valid_examples, seed=args.seed, out_dir=run_dir, progress=args.progress,
         config=cfg.to_dict(),
     )

@@ -309,6 +309,27 @@ def test_learning_rate_decays_on_plateau(tmp_path):
     assert t.lr_scale == 0.125 and load_checkpoint(tmp_path / "checkpoint.pt")["lr_scale"] == 0.125
 
 
+def test_min_rel_improvement_ignores_noise_level_gains(tmp_path):
+    t = make_trainer(tmp_path, max_steps=100, eval_every=2, patience=3, lr_decay=0.5, lr_patience=2,
+                     min_rel_improvement=1e-3, valid=NoisyData(16, 2))
+    losses = iter([100.0, 99.95, 99.9, 99.0, 98.99, 98.98, 98.97, 98.96])
+    t.evaluate = lambda *a, **k: next(losses)
+    result = t.fit()
+    # 99.95 and 99.9 are within 0.1% of 100 (no improvement), 99.0 is one; after it three more
+    # noise-level gains end the run, while best.pt still follows the lowest loss
+    assert result.stopped_early and result.step == 2 * 7
+    assert result.best_step == 14 and result.best_valid_loss == 98.97
+    assert t.lr_scale == 0.25  # decayed after 99.9 and after 98.98 (two checks without gain each)
+    # slow steady progress adds up: measured from the last counted improvement, every second
+    # 0.06% step makes a 0.12% gain that counts (measured from the previous check, none would)
+    t = make_trainer(tmp_path / "creep", max_steps=10, eval_every=2, patience=3, min_rel_improvement=1e-3,
+                     valid=NoisyData(16, 2))
+    losses = iter([100.0, 99.94, 99.88, 99.82, 99.76])
+    t.evaluate = lambda *a, **k: next(losses)
+    assert not t.fit().stopped_early and t.ref_valid_loss == 99.76 and t.bad_checks == 0
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 14
+
+
 def test_learning_rate_decay_resumes_exactly(tmp_path):
     # a large step size overshoots: the validation loss stops improving now and then
     def trainer(path, steps):
@@ -356,6 +377,7 @@ def test_works_with_other_elbos():
         ({"lr_decay": 1.0}, r"lr_decay must be a number in \(0, 1\)"),
         ({"lr_decay": 0}, r"lr_decay must be a number in \(0, 1\)"),
         ({"lr_patience": 0}, "lr_patience must be an integer >= 1"),
+        ({"min_rel_improvement": -0.1}, r"min_rel_improvement must be a number in \[0, 1\)"),
     ],
 )
 def test_invalid_arguments(kwargs, message):

@@ -39,6 +39,8 @@ class TrainConfig:
     :ivar lr_decay: multiply the learning rates by this factor in ``(0, 1)`` after ``lr_patience``
         validations without improvement (``None``: off).
     :ivar lr_patience: validations without improvement before each learning-rate decay.
+    :ivar min_rel_improvement: smallest relative decrease of the validation loss that counts as an
+        improvement for ``patience`` and ``lr_patience``.
     :ivar valid_max_examples: validate on at most this many examples (``None``: all).
     :ivar log_every: metrics line every this many steps.
     :ivar checkpoint_every: checkpoint every this many steps (``None``: ``eval_every``).
@@ -65,6 +67,7 @@ class TrainConfig:
     patience: int | None = 10
     lr_decay: float | None = None
     lr_patience: int = 5
+    min_rel_improvement: float = 0.0
     valid_max_examples: int | None = None
     log_every: int = 50
     checkpoint_every: int | None = None
@@ -104,6 +107,14 @@ class TrainConfig:
             or not 0 < self.lr_decay < 1
         ):
             raise ValueError(f"lr_decay must be a number in (0, 1) or None, got {self.lr_decay!r}")
+        if (
+            isinstance(self.min_rel_improvement, bool)
+            or not isinstance(self.min_rel_improvement, (int, float))
+            or not 0 <= self.min_rel_improvement < 1
+        ):
+            raise ValueError(
+                f"min_rel_improvement must be a number in [0, 1), got {self.min_rel_improvement!r}"
+            )
         if (
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))

@@ -168,6 +168,11 @@ class Trainer:
         Early stopping counts validations without improvement independently, so ``patience``
         larger than ``lr_patience`` leaves room for several decays.
     :param lr_patience: validations without improvement before each decay.
+    :param min_rel_improvement: a validation counts as an improvement for ``patience`` and
+        ``lr_patience`` only when it beats the best loss by more than this fraction of its
+        magnitude (``0``: any decrease; ``best.pt`` always keeps the lowest loss). With a decaying
+        learning rate, a small threshold such as ``1e-4`` stops noise-level gains from postponing
+        early stopping indefinitely.
     :param valid_batch_size: batch size for validation (default ``batch_size``).
     :param valid_max_examples: evaluate only the first examples of ``valid_data``.
     :param seed: master seed; every step's randomness derives from ``(seed, step, shard)``.
@@ -204,6 +209,7 @@ class Trainer:
         patience: int | None = None,
         lr_decay: float | None = None,
         lr_patience: int = 5,
+        min_rel_improvement: float = 0.0,
         valid_batch_size: int | None = None,
         valid_max_examples: int | None = None,
         seed: int = 0,
@@ -251,6 +257,12 @@ class Trainer:
             isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float)) or not 0 < lr_decay < 1
         ):
             raise ValueError(f"lr_decay must be a number in (0, 1) or None, got {lr_decay!r}")
+        if (
+            isinstance(min_rel_improvement, bool)
+            or not isinstance(min_rel_improvement, (int, float))
+            or not 0 <= min_rel_improvement < 1
+        ):
+            raise ValueError(f"min_rel_improvement must be a number in [0, 1), got {min_rel_improvement!r}")
         _check_int("valid_batch_size", valid_batch_size, 1, optional=True)
         _check_int("valid_max_examples", valid_max_examples, 1, optional=True)
         _check_int("seed", seed, 0)
@@ -280,6 +292,7 @@ class Trainer:
         self.patience = patience
         self.lr_decay = None if lr_decay is None else float(lr_decay)
         self.lr_patience = lr_patience
+        self.min_rel_improvement = float(min_rel_improvement)
         self.valid_batch_size = valid_batch_size or batch_size
         self.valid_max_examples = valid_max_examples
         self.seed = seed
@@ -320,6 +333,8 @@ class Trainer:
         self.best_step = -1
         self.bad_checks = 0
         self.lr_bad_checks = 0
+        #: the last validation loss that counted as an improvement (``min_rel_improvement``)
+        self.ref_valid_loss = math.inf
         #: product of the learning-rate decays so far (every rate is its initial value times this)
         self.lr_scale = 1.0
         self.skipped_steps = 0
@@ -519,6 +534,7 @@ class Trainer:
             "best_step": self.best_step,
             "bad_checks": self.bad_checks,
             "lr_bad_checks": self.lr_bad_checks,
+            "ref_valid_loss": self.ref_valid_loss,
             "lr_scale": self.lr_scale,
             "skipped_steps": self.skipped_steps,
             "stopped_early": self.stopped_early,
@@ -563,6 +579,7 @@ class Trainer:
         self.best_step = int(state["best_step"])
         self.bad_checks = int(state["bad_checks"])
         self.lr_bad_checks = int(state.get("lr_bad_checks", 0))
+        self.ref_valid_loss = float(state.get("ref_valid_loss", self.best_valid_loss))
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.skipped_steps = int(state["skipped_steps"])
         self.stopped_early = bool(state["stopped_early"])
@@ -642,11 +659,17 @@ class Trainer:
         valid_loss = None
         if do_eval:
             valid_loss = self.evaluate()
+            # improvements for the patience counters are measured from the last one that counted
+            # (as torch's ReduceLROnPlateau does), so slow steady progress still adds up
+            ref = self.ref_valid_loss
+            margin = self.min_rel_improvement * abs(ref) if math.isfinite(ref) else 0.0
             if valid_loss < self.best_valid_loss:
                 self.best_valid_loss, self.best_step = valid_loss, step
-                self.bad_checks = self.lr_bad_checks = 0
                 if self.out_dir is not None:
                     self.save(self.out_dir / BEST_NAME)
+            if valid_loss < ref - margin:
+                self.ref_valid_loss = valid_loss
+                self.bad_checks = self.lr_bad_checks = 0
             else:
                 self.bad_checks += 1
                 self.lr_bad_checks += 1
