@@ -177,6 +177,14 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['config']} [{row['variant']}]" if row.get("variant") else row["config"]
 
 
+def _curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows by :func:`_label`, sorted by training fraction, for labels run at several fractions."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(_label(r), []).append(r)
+    return {k: sorted(v, key=lambda r: r["fraction"]) for k, v in out.items() if len(v) > 1}
+
+
 def _pairs() -> list[tuple[str, str]]:
     """(SPVAE, VAE-baseline) configuration pairs at equal parameter budget."""
     return [(f"{arch}spvae-{data}", f"{arch}vae-{data}") for data in ("continuous", "discrete")
@@ -214,10 +222,7 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
                   "", "| SPVAE | VAE | SPVAE − VAE (nats) | paper SPVAE − VAE |", "|---|---|---:|---:|"]
         lines += [f"| {a} | {b} | {main[a]['bound'] - main[b]['bound']:+.1f} "
                   f"| {main[a]['paper'] - main[b]['paper']:+.1f} |" for a, b in pairs]
-    curves = {}
-    for r in rows:
-        curves.setdefault(_label(r), []).append(r)
-    curves = {k: sorted(v, key=lambda r: r["fraction"]) for k, v in curves.items() if len(v) > 1}
+    curves = _curves(rows)
     if curves:
         lines += ["", "Data efficiency (test bound against the fraction of the 50k training images), "
                   "plotted in `spvae_data_efficiency.png`:", "",
@@ -246,10 +251,7 @@ def plot_efficiency(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {}
-    for r in rows:
-        curves.setdefault(_label(r), []).append((r["fraction"], r["bound"]))
-    curves = {k: sorted(v) for k, v in curves.items() if len(v) > 1}
+    curves = {k: [(r["fraction"], r["bound"]) for r in v] for k, v in _curves(rows).items()}
     if not curves:  # no configuration was run at several fractions yet
         return
     fig, ax = plt.subplots(figsize=(6, 4))

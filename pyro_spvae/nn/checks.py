@@ -67,6 +67,17 @@ def check_nonnegative_int(name: str, value: object) -> int:
     return int(value)
 
 
+def check_unit_interval(name: str, value: object, *, closed_low: bool = False) -> float:
+    """A real number in ``(0, 1)`` (``[0, 1)`` with ``closed_low``), e.g. a decay factor.
+
+    :raises ValueError: naming ``name`` and the interval otherwise (bools included).
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (0 <= value < 1 if closed_low else 0 < value < 1):
+        raise ValueError(f"{name} must be a number in {'[0' if closed_low else '(0'}, 1), got {value!r}")
+    return float(value)
+
+
 def _check_is_tensor(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

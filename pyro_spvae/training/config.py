@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyro_spvae.nn.checks import check_unit_interval
+
 __all__ = ["TrainConfig"]
 
 _NONFINITE = ("raise", "skip")
@@ -101,20 +103,9 @@ class TrainConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        if self.lr_decay is not None and (
-            isinstance(self.lr_decay, bool)
-            or not isinstance(self.lr_decay, (int, float))
-            or not 0 < self.lr_decay < 1
-        ):
-            raise ValueError(f"lr_decay must be a number in (0, 1) or None, got {self.lr_decay!r}")
-        if (
-            isinstance(self.min_rel_improvement, bool)
-            or not isinstance(self.min_rel_improvement, (int, float))
-            or not 0 <= self.min_rel_improvement < 1
-        ):
-            raise ValueError(
-                f"min_rel_improvement must be a number in [0, 1), got {self.min_rel_improvement!r}"
-            )
+        if self.lr_decay is not None:
+            check_unit_interval("lr_decay", self.lr_decay)
+        check_unit_interval("min_rel_improvement", self.min_rel_improvement, closed_low=True)
         if (
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))

@@ -33,6 +33,7 @@ from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
+from pyro_spvae.nn.checks import check_unit_interval
 from pyro_spvae.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -253,16 +254,9 @@ class Trainer:
         _check_int("eval_every", eval_every, 1)
         _check_int("patience", patience, 1, optional=True)
         _check_int("lr_patience", lr_patience, 1)
-        if lr_decay is not None and (
-            isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float)) or not 0 < lr_decay < 1
-        ):
-            raise ValueError(f"lr_decay must be a number in (0, 1) or None, got {lr_decay!r}")
-        if (
-            isinstance(min_rel_improvement, bool)
-            or not isinstance(min_rel_improvement, (int, float))
-            or not 0 <= min_rel_improvement < 1
-        ):
-            raise ValueError(f"min_rel_improvement must be a number in [0, 1), got {min_rel_improvement!r}")
+        if lr_decay is not None:
+            check_unit_interval("lr_decay", lr_decay)
+        check_unit_interval("min_rel_improvement", min_rel_improvement, closed_low=True)
         _check_int("valid_batch_size", valid_batch_size, 1, optional=True)
         _check_int("valid_max_examples", valid_max_examples, 1, optional=True)
         _check_int("seed", seed, 0)
