@@ -17,7 +17,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_spvae.nn.builders import build_encoder
-from pyro_spvae.nn.checks import (
+from pyro_spvae.validation import (
     check_event_shape,
     check_float_tensor,
     check_hidden,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints, register_kl
 
 from pyro_spvae.models.spvae import SPVAE, LeafScopes, _check_image, _LeafPrior
-from pyro_spvae.nn.checks import check_hidden, check_positive_int
+from pyro_spvae.validation import check_hidden, check_positive_int
 from pyro_spvae.nn.stacked import StackedConvEncoder, StackedMLP
 
 __all__ = ["SPVAEGuide"]

@@ -34,7 +34,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from pyro_spvae.nn.checks import check_event_shape, check_float_tensor, check_input_like, check_positive_int
+from pyro_spvae.validation import check_event_shape, check_float_tensor, check_input_like, check_positive_int
 
 __all__ = ["LinearGaussianVAE", "MixtureOfPPCA", "GlobalOffsetPPCA", "build_linear_gaussian"]
 

@@ -40,7 +40,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pyro_spvae.nn.checks import (
+from pyro_spvae.validation import (
     check_event_shape,
     check_float_tensor,
     check_floating_dtype,
@@ -156,10 +156,10 @@ def _check_image(x: Any, event_shape: tuple[int, ...], likelihood: str | None, a
     """Validate a batch of images ``(B, C, H, W)``; NaN = missing when ``allow_missing``.
 
     Type, dtype, shape, empty batch and infinite values go through
-    :func:`~pyro_spvae.nn.checks.check_float_tensor`; the support is the one of the likelihood head
+    :func:`~pyro_spvae.validation.check_float_tensor`; the support is the one of the likelihood head
     of the same name (:mod:`pyro_spvae.nn.likelihoods`; ``likelihood=None`` skips it);
     ``like`` (a module buffer or parameter) fixes the dtype and device
-    (:func:`~pyro_spvae.nn.checks.check_input_like`).
+    (:func:`~pyro_spvae.validation.check_input_like`).
     """
     x = check_floating_dtype("x", x)
     if like is not None:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from pyro_spvae.nn.builders import ARCHS, build_decoder
-from pyro_spvae.nn.checks import (
+from pyro_spvae.validation import (
     check_event_shape,
     check_float_tensor,
     check_hidden,

@@ -67,7 +67,7 @@ finds the parameters.  All losses are sums over the batch, like :class:`pyro.inf
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from pyro.infer import ELBO
@@ -80,7 +80,35 @@ __all__ = [
     "SPNRootIWELBO",
     "spn_leaf_log_weights",
     "spn_log_likelihood",
+    "SPNLeafModel",
+    "SPNLeafGuide",
 ]
+
+
+@runtime_checkable
+class SPNLeafModel(Protocol):
+    """A sum-product network of VAE leaves, as the SPN-aware bounds see it (see the module docstring).
+
+    ``isinstance(model, SPNLeafModel)`` is how callers (the evaluation API, the trainer) choose an
+    SPN-aware estimator instead of a generic one.
+    """
+
+    def leaf_log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log p(x_{R_l}, z_l)`, ``(..., B, L)`` for ``z`` of shape ``(..., B, L, z_dim)``."""
+        ...
+
+    def spn_log_value(self, leaf_log_values: torch.Tensor) -> torch.Tensor:
+        """Log root value ``(..., B)`` for leaf log-values ``(..., B, L)``."""
+        ...
+
+
+@runtime_checkable
+class SPNLeafGuide(Protocol):
+    """A guide with a leaf-wise posterior :math:`q(z_l | x_{R_l})` (see the module docstring)."""
+
+    def leaf_posterior(self, x: torch.Tensor) -> Any:
+        """A distribution with batch shape ``(B, L)``, event shape ``(z_dim,)`` and ``rsample``."""
+        ...
 
 _MODEL_METHODS = ("leaf_log_joint", "spn_log_value")
 _GUIDE_METHODS = ("leaf_posterior",)

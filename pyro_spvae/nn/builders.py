@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .checks import check_event_shape, check_input_like, check_positive_int
+from pyro_spvae.validation import check_event_shape, check_input_like, check_positive_int
 from .conv import ConvDecoder, ConvEncoder
 from .mlp import MLP
 

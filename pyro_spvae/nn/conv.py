@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .activations import get_activation
-from .checks import check_event_shape, check_hidden, check_input_like, check_positive_int
+from pyro_spvae.validation import check_event_shape, check_hidden, check_input_like, check_positive_int
 from .mlp import MLP
 
 __all__ = ["ConvEncoder", "ConvDecoder", "conv_spatial_sizes"]

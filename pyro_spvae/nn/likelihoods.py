@@ -41,7 +41,7 @@ from ..distributions.binomial_grid import BinomialGrid
 from ..distributions.categorical_grid import CategoricalGrid
 from ..distributions.discretized_logistic import DiscretizedLogistic
 from ..distributions.grid import GridConstraint
-from .checks import check_event_shape, check_float_tensor, check_floating_dtype, check_positive_int
+from pyro_spvae.validation import check_event_shape, check_float_tensor, check_floating_dtype, check_positive_int
 
 __all__ = [
     "Likelihood",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .activations import get_activation
-from .checks import check_hidden, check_input_like, check_positive_int
+from pyro_spvae.validation import check_hidden, check_input_like, check_positive_int
 
 __all__ = ["MLP"]
 

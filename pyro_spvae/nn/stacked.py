@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
-from .checks import check_hidden, check_input_like, check_positive_int
+from pyro_spvae.validation import check_hidden, check_input_like, check_positive_int
 from .conv import ConvDecoder, ConvEncoder, _check_image_args, conv_spatial_sizes
 from .mlp import MLP
 

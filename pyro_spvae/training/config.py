@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyro_spvae.nn.checks import check_unit_interval
+from pyro_spvae.validation import check_unit_interval
 
 __all__ = ["TrainConfig"]
 

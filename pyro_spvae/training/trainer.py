@@ -33,7 +33,7 @@ from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
-from pyro_spvae.nn.checks import check_unit_interval
+from pyro_spvae.validation import check_unit_interval
 from pyro_spvae.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
