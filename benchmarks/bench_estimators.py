@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from pyro_spvae.data import load_dataset
 from pyro_spvae.infer import TraceIWAE_ELBO, log_marginal_likelihood
-from pyro_spvae.models import MODELS
+from pyro_spvae.zoo import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -164,7 +164,7 @@ def _throughput(model, guide, x, num_samples: int, chunk: int, batch: int, reps:
 _MEMORY_SCRIPT = r"""
 import json, resource, sys, torch, pyro
 from pyro_spvae.infer import log_marginal_likelihood
-from pyro_spvae.models import MODELS
+from pyro_spvae.zoo import MODELS
 torch.set_num_threads(1)
 pyro.enable_validation(False)
 S, chunk, batch, n, psis = (int(a) for a in sys.argv[1:6])
@@ -208,9 +208,8 @@ def _memory(num_samples: int, chunk: int, batch: int, n: int, psis: bool) -> dic
     return res
 
 
-def run(quick: bool = False) -> dict:
-    """Run the three measurements; ``quick`` trains and evaluates less (see ``config``)."""
-    cfg = {
+def _config(quick: bool) -> dict:
+    return {
         "z_dim": 20,
         "train_steps": 200 if quick else 2000,
         "train_batch": 100,
@@ -223,22 +222,18 @@ def run(quick: bool = False) -> dict:
         "throughput_images": 50 if quick else 100,
         "throughput_reps": 5 if quick else 7,
     }
-    torch.manual_seed(0)
-    x_train, dataset = _load("train", cfg["num_train"], seed=0)
-    x_test, _ = _load("test", max(cfg["num_eval"], cfg["num_ll"]), seed=1)
-    x_eval, x_ll = x_test[: cfg["num_eval"]], x_test[: cfg["num_ll"]]
 
-    bounds: dict[str, dict] = {}
-    ll: dict[str, dict] = {}
-    train_seconds: dict[str, float] = {}
-    trained = {}
+
+def _train_and_evaluate(cfg: dict, x_train: torch.Tensor, x_eval: torch.Tensor, x_ll: torch.Tensor) -> dict:
+    """Measurement 1: train one VAE per estimator, then its K-sample bounds and 5000-sample log p(x)."""
+    out: dict[str, dict] = {"bounds": {}, "ll": {}, "train_seconds": {}, "trained": {}}
     for name, make in _estimators().items():
         t = time.perf_counter()
         model, guide = _train(make, x_train, cfg["z_dim"], cfg["train_steps"], cfg["train_batch"])
-        train_seconds[name] = time.perf_counter() - t
-        trained[name] = (model, guide)
+        out["train_seconds"][name] = time.perf_counter() - t
+        out["trained"][name] = (model, guide)
         pyro.set_rng_seed(2)
-        bounds[name] = {
+        out["bounds"][name] = {
             str(K): float(
                 log_marginal_likelihood(
                     model, guide, x_eval, num_samples=K, chunk_size=250, progress=False, psis=False
@@ -249,25 +244,17 @@ def run(quick: bool = False) -> dict:
         res = log_marginal_likelihood(
             model, guide, x_ll, num_samples=cfg["ll_samples"], chunk_size=500, progress=False
         )
-        ll[name] = {
+        out["ll"][name] = {
             "nats": res.nats,
             "bits_per_dim": res.bits_per_dim,
             "khat_mean": float(res.khat.mean()),
             "frac_khat_gt_0.7": float(res.unreliable.double().mean()),
             "ess_median": float(res.ess.median()),
         }
+    return out
 
-    model, guide = trained["IWAE (K=5)"]
-    x_tp = x_test[: cfg["throughput_images"]]
-    throughput = _throughput(model, guide, x_tp, cfg["throughput_samples"], 250, 50, cfg["throughput_reps"])
 
-    memory = [
-        _memory(500, 250, 50, 50, psis=True),
-        _memory(5000, 250, 50, 50, psis=True),
-        _memory(5000, 250, 50, 50, psis=False),
-        _memory(500, 500, 50, 50, psis=False),
-    ]
-
+def _summary(cfg: dict, dataset: str, bounds: dict, ll: dict, tp: dict, memory: list[dict]) -> str:
     lines = [
         f"Dense VAE 784-200-200-{cfg['z_dim']} (Bernoulli, dynamically binarised {dataset}), "
         f"{cfg['train_steps']} Adam steps (batch {cfg['train_batch']}, lr 1e-3) per estimator, "
@@ -284,7 +271,6 @@ def run(quick: bool = False) -> dict:
     for name in bounds:
         row = " | ".join(f"{bounds[name][str(K)]:.2f}" for K in cfg["bound_K"])
         lines.append(f"| {name} | {row} | {-ll[name]['nats']:.2f} | {ll[name]['frac_khat_gt_0.7']:.0%} |")
-    tp = throughput
     lines += [
         "",
         f"Evaluator throughput ({tp['num_images']} images x {tp['num_samples']} samples, chunk "
@@ -303,15 +289,36 @@ def run(quick: bool = False) -> dict:
         lines.append(
             f"| {m['num_samples']} | {m['chunk_size']} | {m['psis']} | {m['peak_increase_mib']:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def run(quick: bool = False) -> dict:
+    """Run the three measurements; ``quick`` trains and evaluates less (see ``config``)."""
+    cfg = _config(quick)
+    torch.manual_seed(0)
+    x_train, dataset = _load("train", cfg["num_train"], seed=0)
+    x_test, _ = _load("test", max(cfg["num_eval"], cfg["num_ll"]), seed=1)
+    x_eval, x_ll = x_test[: cfg["num_eval"]], x_test[: cfg["num_ll"]]
+    res = _train_and_evaluate(cfg, x_train, x_eval, x_ll)
+
+    model, guide = res["trained"]["IWAE (K=5)"]
+    x_tp = x_test[: cfg["throughput_images"]]
+    throughput = _throughput(model, guide, x_tp, cfg["throughput_samples"], 250, 50, cfg["throughput_reps"])
+    memory = [
+        _memory(500, 250, 50, 50, psis=True),
+        _memory(5000, 250, 50, 50, psis=True),
+        _memory(5000, 250, 50, 50, psis=False),
+        _memory(500, 500, 50, 50, psis=False),
+    ]
     return {
         "config": cfg,
         "dataset": dataset,
-        "bound_vs_K": bounds,
-        "log_likelihood_5000": ll,
-        "train_seconds": train_seconds,
+        "bound_vs_K": res["bounds"],
+        "log_likelihood_5000": res["ll"],
+        "train_seconds": res["train_seconds"],
         "throughput": throughput,
         "memory": memory,
-        "summary": "\n".join(lines),
+        "summary": _summary(cfg, dataset, res["bounds"], res["ll"], throughput, memory),
     }
 
 

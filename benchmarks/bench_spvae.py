@@ -2,9 +2,9 @@
 
 Tan & Peharz (ICML 2019) report that their TensorFlow SPVAE, one graph node per SPN node, trains
 5-70x slower than a plain VAE (about 6x at the MNIST configuration); the goal here is at most 2x.
-Both models are built from the reproduction presets (:mod:`pyro_spvae.training.presets`, DESIGN
-§3) on 28x28 images with the Gaussian likelihood: the dense SPVAE (32 leaf VAEs 49-30-30-25, 167
-sums, 800 products, 234k parameters with its guide) against a dense VAE with hidden layers
+Both models are built from the reproduction presets (:mod:`pyro_spvae.training.presets`; see
+``docs/spvae.md``) on 28x28 images with the Gaussian likelihood: the dense SPVAE (32 leaf VAEs
+49-30-30-25, 167 sums, 800 products, 234k parameters with its guide) against a dense VAE with hidden layers
 123x123 and z_dim 25 (234k parameters), and the conv SPVAE against a conv VAE of equal size.
 
 Each step is :meth:`pyro_spvae.training.Trainer.step` (Pyro param capture, loss and gradients,
@@ -41,9 +41,9 @@ from pyro.infer import Trace_ELBO
 
 from pyro_spvae.data import load_dataset
 from pyro_spvae.infer import SPNLeafIWELBO, TraceIWAE_ELBO
-from pyro_spvae.models import MODELS
-from pyro_spvae.training import Trainer, make_optimizer
+from pyro_spvae.training import Schedule, Trainer, make_optimizer
 from pyro_spvae.training.presets import PRESETS
+from pyro_spvae.zoo import MODELS
 
 EVENT_SHAPE = (1, 28, 28)
 BATCH = 128
@@ -80,7 +80,7 @@ def _build(preset: str, objective: str) -> tuple[Trainer, int]:
     g = torch.Generator().manual_seed(0)
     data = _Batch(load_dataset("embedded", "train", "spvae-continuous").batch(torch.arange(BATCH), g))
     trainer = Trainer(model, guide, elbo, make_optimizer(1e-3, group_lrs=cfg.get("group_lrs") or None), data,
-                      batch_size=BATCH, max_steps=10**9, progress=False)
+                      Schedule(batch_size=BATCH, steps=10**9), progress=False)
     params = sum(p.numel() for m in (model, guide) for p in m.parameters())
     return trainer, params
 

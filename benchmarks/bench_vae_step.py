@@ -1,7 +1,7 @@
 """Overhead of a Pyro SVI step: our trainer's step on the VAE vs a hand-written PyTorch step.
 
 Both sides use the SAME encoder and decoder networks (deep copies of the modules built by
-``pyro_spvae.models.MODELS["vae"]``, same initial weights), the same batch of dynamically binarised
+``pyro_spvae.zoo.MODELS["vae"]``, same initial weights), the same batch of dynamically binarised
 embedded-MNIST images, the same single-sample reparameterised ELBO (Monte Carlo
 ``log p(x|z) + log p(z) - log q(z|x)``, like ``Trace_ELBO``) divided by the batch size, and Adam
 with the same hyper-parameters (``pyro.optim.Adam`` keeps one ``torch.optim.Adam`` per parameter;
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from pyro_spvae.data import load_dataset
-from pyro_spvae.models import MODELS
-from pyro_spvae.training import Trainer, make_elbo, make_optimizer
+from pyro_spvae.training import Schedule, Trainer, make_elbo, make_optimizer
+from pyro_spvae.zoo import MODELS
 
 LOG_2PI = 1.8378770664093453
 
@@ -79,8 +79,7 @@ def _bench(arch: str, batch: int, reps: int, steps_per_rep: int, validation: boo
         make_elbo("trace", max_plate_nesting=1),
         make_optimizer(1e-3),
         data,
-        batch_size=batch,
-        max_steps=1,
+        Schedule(batch_size=batch, steps=1),
         progress=False,
     )
     # Both sides start from the same weights: their first losses agree up to Monte Carlo noise.

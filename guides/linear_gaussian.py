@@ -22,7 +22,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from pyro_spvae.models.linear_gaussian import GlobalOffsetPPCA, LinearGaussianVAE, MixtureOfPPCA, _validate_x
+from pyro_spvae.models.linear_gaussian import GlobalOffsetPPCA, LinearGaussianVAE, MixtureOfPPCA
+from pyro_spvae.validation import check_bool, check_module_data, check_positive_float, check_positive_int
 
 __all__ = [
     "LinearGaussianPosteriorGuide",
@@ -32,13 +33,6 @@ __all__ = [
     "GlobalOffsetPPCAPosteriorGuide",
     "GlobalOffsetPPCAGuide",
 ]
-
-
-def _check_scale(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite float, got {value!r}")
-    return value
 
 
 def _check_model(model: object, cls: type) -> None:
@@ -60,7 +54,7 @@ class LinearGaussianPosteriorGuide(PyroModule):
         super().__init__()
         _check_model(model, LinearGaussianVAE)
         object.__setattr__(self, "_model", model)
-        self.scale_factor = _check_scale("scale_factor", scale_factor)
+        self.scale_factor = check_positive_float("scale_factor", scale_factor)
 
     def forward(self, x: Tensor) -> None:
         with torch.no_grad():
@@ -82,15 +76,15 @@ class LinearGaussianGuide(PyroModule):
 
     def __init__(self, x_dim: int, z_dim: int, init_scale: float = 1.0, dtype: torch.dtype = torch.float32):
         super().__init__()
-        _check_scale("init_scale", init_scale)
-        self.x_dim = int(x_dim)
-        self.z_dim = int(z_dim)
+        self.x_dim = check_positive_int("x_dim", x_dim)
+        self.z_dim = check_positive_int("z_dim", z_dim)
+        init_scale = check_positive_float("init_scale", init_scale)
         self.enc_weight = nn.Parameter(torch.zeros(z_dim, x_dim, dtype=dtype))
         self.enc_bias = nn.Parameter(torch.zeros(z_dim, dtype=dtype))
         self.log_scale = nn.Parameter(torch.full((z_dim,), math.log(init_scale), dtype=dtype))
 
     def forward(self, x: Tensor) -> None:
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         loc = x @ self.enc_weight.T + self.enc_bias
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("z", dist.Normal(loc, self.log_scale.exp()).to_event(1))
@@ -123,7 +117,9 @@ class MixtureOfPPCAGuide(PyroModule):
 
     def __init__(self, num_components: int, x_dim: int, z_dim: int, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.x_dim = int(x_dim)
+        num_components = check_positive_int("num_components", num_components)
+        self.x_dim = check_positive_int("x_dim", x_dim)
+        z_dim = check_positive_int("z_dim", z_dim)
         self.cls_weight = nn.Parameter(torch.zeros(num_components, x_dim, dtype=dtype))
         self.cls_bias = nn.Parameter(torch.zeros(num_components, dtype=dtype))
         self.enc_weight = nn.Parameter(torch.zeros(z_dim, x_dim, dtype=dtype))
@@ -131,7 +127,7 @@ class MixtureOfPPCAGuide(PyroModule):
         self.log_scale = nn.Parameter(torch.zeros(z_dim, dtype=dtype))
 
     def forward(self, x: Tensor) -> None:
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("c", dist.Categorical(logits=x @ self.cls_weight.T + self.cls_bias))
             loc = x @ self.enc_weight.T + self.enc_bias
@@ -157,8 +153,8 @@ class GlobalOffsetPPCAPosteriorGuide(PyroModule):
         super().__init__()
         _check_model(model, GlobalOffsetPPCA)
         object.__setattr__(self, "_model", model)
-        self.exact_theta = bool(exact_theta)
-        self.theta_scale = _check_scale("theta_scale", theta_scale)
+        self.exact_theta = check_bool("exact_theta", exact_theta)
+        self.theta_scale = check_positive_float("theta_scale", theta_scale)
         self.theta_loc = theta_loc
 
     def forward(self, x: Tensor) -> None:
@@ -187,7 +183,8 @@ class GlobalOffsetPPCAGuide(PyroModule):
 
     def __init__(self, x_dim: int, z_dim: int, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.x_dim = int(x_dim)
+        self.x_dim = check_positive_int("x_dim", x_dim)
+        z_dim = check_positive_int("z_dim", z_dim)
         self.theta_loc = nn.Parameter(torch.zeros(x_dim, dtype=dtype))
         self.log_theta_scale = nn.Parameter(torch.full((x_dim,), math.log(0.5), dtype=dtype))
         self.enc_weight = nn.Parameter(torch.zeros(z_dim, x_dim, dtype=dtype))
@@ -195,7 +192,7 @@ class GlobalOffsetPPCAGuide(PyroModule):
         self.log_scale = nn.Parameter(torch.zeros(z_dim, dtype=dtype))
 
     def forward(self, x: Tensor) -> None:
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         q_theta = dist.Normal(self.theta_loc, self.log_theta_scale.exp()).to_event(1)
         theta = pyro.sample("theta", q_theta)
         loc = (x - theta) @ self.enc_weight.T + self.enc_bias

@@ -1,31 +1,26 @@
-"""Pyro model functions (``PyroModule`` whose ``forward(x)`` is the model), installed as
+"""Pyro models (``PyroModule`` whose ``forward(x)`` is the model), installed as
 ``pyro_spvae.models``.
 
-:data:`MODELS` maps a CLI/config name to a factory; adding a model family is a file here, one in
-``guides/`` and one entry in this registry.
+Models build on the primitives of :mod:`pyro_spvae.distributions`, :mod:`pyro_spvae.spn`,
+:mod:`pyro_spvae.nn` and :mod:`pyro_spvae.infer`, and never import :mod:`pyro_spvae.guides`: the
+``(model, guide)`` builders and the family registry live in :mod:`pyro_spvae.zoo`.
 """
 
-from collections.abc import Callable
-
-from .linear_gaussian import GlobalOffsetPPCA, LinearGaussianVAE, MixtureOfPPCA, build_linear_gaussian
-from .spvae import SPVAE, build_spvae
-from .vae import VAE, build_vae
+from .dlgmm import DLGMM
+from .linear_gaussian import GlobalOffsetPPCA, LinearGaussianVAE, MixtureOfPPCA
+from .mivae import MIVAE, RelaxedOneHotCode
+from .spvae import SPVAE
+from .vae import VAE
+from .vhp_vae import VHPVAE
 
 __all__ = [
+    "DLGMM",
     "GlobalOffsetPPCA",
     "LinearGaussianVAE",
+    "MIVAE",
     "MixtureOfPPCA",
-    "build_linear_gaussian",
-    "MODELS",
+    "RelaxedOneHotCode",
     "SPVAE",
-    "build_spvae",
     "VAE",
-    "build_vae",
+    "VHPVAE",
 ]
-
-#: Model-family name -> builder ``(event_shape, **hyper_parameters) -> (model, guide)``.
-MODELS: dict[str, Callable[..., tuple]] = {
-    "vae": build_vae,
-    "spvae": build_spvae,
-    "linear_gaussian": build_linear_gaussian,
-}

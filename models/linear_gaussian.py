@@ -1,7 +1,8 @@
 """Linear-Gaussian ground-truth models: pPCA, a mixture of pPCA and pPCA with a global offset.
 
 These models have closed-form marginal likelihoods and posteriors, so every estimator in
-:mod:`pyro_spvae.infer` can be checked against the exact answer (DESIGN §2).
+:mod:`pyro_spvae.infer` can be checked against the exact answer (derivations in
+``docs/ground_truth.md``).
 
 Probabilistic PCA (Tipping & Bishop 1999, "Probabilistic principal component analysis", eqs. 2-6)::
 
@@ -19,7 +20,7 @@ pPCA with a global offset ``theta`` shared by all data points (a model with a gl
     theta ~ N(0, tau^2 I_D),  z_i ~ N(0, I_d),  x_i | z_i, theta ~ N(W z_i + b + theta, s^2 I_D)
     p(x_1..N) = N(vec x; 1 (x) b, I_N (x) C + 1 1^T (x) tau^2 I_D)
 
-All models follow the model contract (CONTRIBUTING): ``forward(x)`` with ``x`` of shape ``(N, D)``,
+All models follow the model contract (``CONTRIBUTING.md``): ``forward(x)`` with ``x`` of shape ``(N, D)``,
 one ``pyro.plate("data", N, dim=-1)``, latent sites ``"c"``, ``"z"`` (and ``"theta"`` outside
 the plate), observation ``"x"``; every op accepts extra leading particle dimensions.
 """
@@ -34,26 +35,22 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from pyro_spvae.validation import check_event_shape, check_float_tensor, check_input_like, check_positive_int
+from pyro_spvae.validation import check_module_data, check_positive_float, check_positive_int
 
-__all__ = ["LinearGaussianVAE", "MixtureOfPPCA", "GlobalOffsetPPCA", "build_linear_gaussian"]
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive finite float, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite float, got {value!r}")
-    return float(value)
+__all__ = ["LinearGaussianVAE", "MixtureOfPPCA", "GlobalOffsetPPCA"]
 
 
-def _validate_x(x: object, x_dim: int, module: nn.Module | None = None) -> None:
-    """Check a batch of flat data vectors: a finite float tensor ``(N, x_dim)`` with ``N >= 1``, of
-    the dtype/device of ``module``'s parameters when given."""
-    check_float_tensor("x", x, (x_dim,), batch_dims=1)
-    param = next(module.parameters(), None) if module is not None else None
-    if param is not None:
-        check_input_like("x", x, param)
+def _init_ppca(module: nn.Module, x_dim: int, z_dim: int, noise_scale: float, weight_scale: float,
+               dtype: torch.dtype) -> None:
+    """Check the sizes and register the pPCA parameters ``W (D, d)``, ``b (D,)``, ``log_s ()`` of
+    ``module`` (random ``W`` with entries of scale ``weight_scale``, ``s = noise_scale``)."""
+    module.x_dim = check_positive_int("x_dim", x_dim)
+    module.z_dim = check_positive_int("z_dim", z_dim)
+    noise_scale = check_positive_float("noise_scale", noise_scale)
+    weight_scale = check_positive_float("weight_scale", weight_scale)
+    module.W = nn.Parameter(weight_scale * torch.randn(x_dim, z_dim, dtype=dtype))
+    module.b = nn.Parameter(0.5 * torch.randn(x_dim, dtype=dtype))
+    module.log_s = nn.Parameter(torch.tensor(math.log(noise_scale), dtype=dtype))
 
 
 def _gaussian_posterior(W: Tensor, s: Tensor, resid: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,13 +87,7 @@ class LinearGaussianVAE(PyroModule):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.x_dim = check_positive_int("x_dim", x_dim)
-        self.z_dim = check_positive_int("z_dim", z_dim)
-        _check_positive("noise_scale", noise_scale)
-        _check_positive("weight_scale", weight_scale)
-        self.W = nn.Parameter(weight_scale * torch.randn(x_dim, z_dim, dtype=dtype))
-        self.b = nn.Parameter(0.5 * torch.randn(x_dim, dtype=dtype))
-        self.log_s = nn.Parameter(torch.tensor(math.log(noise_scale), dtype=dtype))
+        _init_ppca(self, x_dim, z_dim, noise_scale, weight_scale, dtype)
 
     @property
     def noise_scale(self) -> Tensor:
@@ -105,7 +96,7 @@ class LinearGaussianVAE(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         """Pyro model: ``z ~ N(0, I)``, ``x ~ N(W z + b, s^2 I)``; ``x`` has shape ``(N, D)``."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         W, b, s = self.W, self.b, self.log_s.exp()
         with pyro.plate("data", x.shape[0], dim=-1):
             zero = torch.zeros(self.z_dim, dtype=W.dtype)
@@ -119,14 +110,19 @@ class LinearGaussianVAE(PyroModule):
         C = W @ W.T + s**2 * torch.eye(self.x_dim, dtype=W.dtype)
         return dist.MultivariateNormal(self.b, covariance_matrix=C)
 
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> Tensor:
+        """Draw ``num_samples`` data vectors ``x ~ p(x) = N(b, W W^T + s^2 I)``: ``(num_samples, D)``."""
+        return self.marginal().sample((check_positive_int("num_samples", num_samples),))
+
     def exact_log_prob(self, x: Tensor) -> Tensor:
         """Exact ``log p(x_i) = log N(x_i; b, W W^T + s^2 I)``, shape ``(N,)``."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         return self.marginal().log_prob(x)
 
     def exact_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Exact posterior ``p(z | x_i) = N(loc_i, cov)``: ``loc (N, d)``, ``cov (d, d)``."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         loc, cov = _gaussian_posterior(self.W, self.log_s.exp(), x - self.b)
         return loc, cov
 
@@ -157,8 +153,8 @@ class MixtureOfPPCA(PyroModule):
         self.num_components = check_positive_int("num_components", num_components)
         self.x_dim = check_positive_int("x_dim", x_dim)
         self.z_dim = check_positive_int("z_dim", z_dim)
-        _check_positive("noise_scale", noise_scale)
-        _check_positive("offset_scale", offset_scale)
+        noise_scale = check_positive_float("noise_scale", noise_scale)
+        offset_scale = check_positive_float("offset_scale", offset_scale)
         C = num_components
         self.logits = nn.Parameter(0.3 * torch.randn(C, dtype=dtype))
         self.W = nn.Parameter(torch.randn(C, x_dim, z_dim, dtype=dtype))
@@ -167,7 +163,7 @@ class MixtureOfPPCA(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         """Pyro model over ``x`` of shape ``(N, D)``; sites ``"c"``, ``"z"``, ``"x"``."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         W, b, s = self.W, self.b, self.log_s.exp()
         with pyro.plate("data", x.shape[0], dim=-1):
             c = pyro.sample("c", dist.Categorical(logits=self.logits))
@@ -184,7 +180,7 @@ class MixtureOfPPCA(PyroModule):
 
     def exact_log_prob(self, x: Tensor) -> Tensor:
         """Exact ``log p(x_i) = logsumexp_c [log pi_c + log N(x_i; b_c, C_c)]``, shape ``(N,)``."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         log_pi = torch.log_softmax(self.logits, -1)
         return torch.logsumexp(log_pi + self._component_marginals().log_prob(x.unsqueeze(-2)), -1)
 
@@ -193,7 +189,7 @@ class MixtureOfPPCA(PyroModule):
 
         :returns: ``probs (N, C)``, ``loc (N, C, d)``, ``cov (C, d, d)``.
         """
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         log_pi = torch.log_softmax(self.logits, -1)
         logits = log_pi + self._component_marginals().log_prob(x.unsqueeze(-2))
         probs = torch.softmax(logits, -1)
@@ -221,17 +217,12 @@ class GlobalOffsetPPCA(PyroModule):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.x_dim = check_positive_int("x_dim", x_dim)
-        self.z_dim = check_positive_int("z_dim", z_dim)
-        self.prior_scale = _check_positive("prior_scale", prior_scale)
-        _check_positive("noise_scale", noise_scale)
-        self.W = nn.Parameter(torch.randn(x_dim, z_dim, dtype=dtype))
-        self.b = nn.Parameter(0.5 * torch.randn(x_dim, dtype=dtype))
-        self.log_s = nn.Parameter(torch.tensor(math.log(noise_scale), dtype=dtype))
+        self.prior_scale = check_positive_float("prior_scale", prior_scale)
+        _init_ppca(self, x_dim, z_dim, noise_scale, 1.0, dtype)
 
     def forward(self, x: Tensor) -> None:
         """Pyro model over ``x`` of shape ``(N, D)``; sites ``"theta"`` (global), ``"z"``, ``"x"``."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         W, b, s = self.W, self.b, self.log_s.exp()
         zero_x = torch.zeros(self.x_dim, dtype=W.dtype)
         theta = pyro.sample("theta", dist.Normal(zero_x, self.prior_scale).to_event(1))
@@ -247,7 +238,7 @@ class GlobalOffsetPPCA(PyroModule):
 
     def exact_log_prob(self, x: Tensor) -> Tensor:
         """Exact joint ``log p(x_1, ..., x_N)`` (scalar) of the whole batch."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         N, D = x.shape
         C = self._local_cov()
         eye_n = torch.eye(N, dtype=C.dtype)
@@ -262,13 +253,13 @@ class GlobalOffsetPPCA(PyroModule):
         :param theta: ``(D,)`` or ``(..., 1, D)`` (broadcastable against ``x (N, D)``).
         :returns: ``(..., N)``.
         """
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         mvn = dist.MultivariateNormal(self.b, covariance_matrix=self._local_cov())
         return mvn.log_prob(x - theta)
 
     def exact_theta_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Exact ``p(theta | x_1..N) = N(loc, cov)``: ``loc (D,)``, ``cov (D, D)``."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         N, D = x.shape
         C_inv = torch.linalg.inv(self._local_cov())
         prec = torch.eye(D, dtype=C_inv.dtype) / self.prior_scale**2 + N * C_inv
@@ -280,21 +271,6 @@ class GlobalOffsetPPCA(PyroModule):
     def exact_local_posterior(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         """Exact ``p(z_i | x_i, theta)``: ``loc (..., N, d)`` for ``theta`` of shape ``(D,)`` or
         ``(..., 1, D)``, and ``cov (d, d)``."""
-        _validate_x(x, self.x_dim, self)
+        check_module_data("x", x, (self.x_dim,), self)
         return _gaussian_posterior(self.W, self.log_s.exp(), x - self.b - theta)
 
-
-def build_linear_gaussian(
-    event_shape: tuple[int, ...] | int, z_dim: int = 2, noise_scale: float = 0.5
-) -> tuple[LinearGaussianVAE, PyroModule]:
-    """Registry builder: a :class:`LinearGaussianVAE` on flat vectors and its amortised guide.
-
-    :param event_shape: ``(D,)`` or ``D``; the data are vectors of that length.
-    """
-    from pyro_spvae.guides.linear_gaussian import LinearGaussianGuide
-
-    shape = check_event_shape("event_shape", event_shape)
-    if len(shape) != 1:
-        raise ValueError(f"the linear-Gaussian model takes flat vectors: event_shape (D,), got {shape}")
-    model = LinearGaussianVAE(shape[0], z_dim, noise_scale=noise_scale)
-    return model, LinearGaussianGuide(shape[0], z_dim)

@@ -5,26 +5,44 @@
 ``reconstructions.png``. ``evaluate`` writes ``eval.json`` (importance-sampled test
 log-likelihood, bits/dim, PSIS k-hat and ESS summaries). ``sample`` writes an image grid.
 
+Run directories: ``train --resume`` continues a run with its stored ``config.json`` (only the
+learning rates, the length of training, the intervals and early stopping may change; any other
+override is refused, naming it); a new ``train`` into a directory holding files of an earlier run
+is refused unless ``--overwrite`` asks to delete them (see :mod:`pyro_spvae.training.session`).
+Every command checks what it reads and that it can write before it starts working, so a refused
+command leaves the run directory as it was; every file is written atomically.
+
 Data-parallel: ``torchrun --nproc_per_node=N -m pyro_spvae train ...`` (gloo on CPU, nccl on GPU);
-``evaluate`` also shards its examples across processes. Bad input ends with
-``pyro-spvae <command>: error: <message>`` and exit status 2, without a traceback.
+``evaluate`` also shards its examples across processes. Bad input (arguments, damaged run files or
+data, an unwritable or full disk, settings estimated to exceed ``--memory-budget``) ends with one
+line ``pyro-spvae <command>: error: <message>`` and exit status 2, without a traceback.
+
+This module only parses arguments, calls the Python API (:func:`pyro_spvae.training.plan_training`,
+:class:`pyro_spvae.training.TrainingSession`, :func:`pyro_spvae.evaluation.evaluate_run`,
+:func:`pyro_spvae.training.restore_run`) and prints or writes the results.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
-import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pyro_spvae import __version__
+from pyro_spvae.validation import (
+    check_hidden,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+    check_real,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -37,57 +55,43 @@ class CLIError(Exception):
 
 
 # ---------------------------------------------------------------------------- argument types
-def _int_at_least(text: str, minimum: int, expected: str) -> int:
-    """``int(text)`` if it is ``>= minimum``; otherwise ``expected {expected}, got {text!r}``."""
+def _arg_type(
+    convert: Callable[[str], Any], check: Callable[[Any], Any], expected: str
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``check(convert(text))`` (the checks of :mod:`pyro_spvae.validation`);
+    a failure of either reads ``expected {expected}, got {text!r}``."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(convert(text))
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    return parse
+
+
+def _nonempty_widths(values: list[int]) -> list[int]:
+    if not values:
+        raise ValueError("no widths")
+    return list(check_hidden("hidden", values))
+
+
+_positive_int = _arg_type(int, partial(check_positive_int, "value"), "a positive integer")
+_nonnegative_int = _arg_type(int, partial(check_nonnegative_int, "value"), "a non-negative integer")
+_positive_float = _arg_type(float, partial(check_positive_float, "value"), "a positive finite number")
+_finite_float = _arg_type(float, partial(check_real, "value"), "a finite number")
+_int_list = _arg_type(lambda text: [int(v) for v in text.split(",") if v.strip()], _nonempty_widths,
+                      "comma-separated positive integers")
+
+
+def _size(text: str) -> int:
+    """A memory size (``16G``, ``512M``, ``off`` -> 0: no limit)."""
+    from pyro_spvae.training.memory import parse_size
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1, "a positive integer")
-
-
-def _nonnegative_int(text: str) -> int:
-    return _int_at_least(text, 0, "a non-negative integer")
-
-
-def _parse_float(text: str, expected: str) -> float:
-    """``float(text)``; otherwise ``expected {expected}, got {text!r}``."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-
-
-def _positive_float(text: str) -> float:
-    value = _parse_float(text, "a positive number")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    value = _parse_float(text, "a number")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers, got {text!r}"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
+        return parse_size(text) or 0
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _group_lr(text: str) -> tuple[str, float]:
@@ -100,19 +104,30 @@ def _group_lr(text: str) -> tuple[str, float]:
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``pyro-spvae`` argument parser (sub-commands ``train``, ``evaluate``, ``sample``)."""
-    from pyro_spvae.data import DATASETS, TRANSFORMS
-    from pyro_spvae.training.factory import ELBO_NAMES
-
     parser = argparse.ArgumentParser(
         prog="pyro-spvae", description="Train, evaluate and sample structured VAEs built on Pyro."
     )
     parser.add_argument("--version", action="version", version=f"pyro-spvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,sample}")
     sub.required = True
+    helps = {
+        "train": "train a model (resumable; data-parallel under torchrun)",
+        "evaluate": "importance-sampled log-likelihood of a trained run",
+        "sample": "image grid of samples from a trained run",
+    }
+    _add_train_parser(sub.add_parser("train", help=helps["train"]))
+    _add_evaluate_parser(sub.add_parser("evaluate", help=helps["evaluate"]))
+    _add_sample_parser(sub.add_parser("sample", help=helps["sample"]))
+    return parser
 
-    t = sub.add_parser("train", help="train a model (resumable; data-parallel under torchrun)")
+
+def _add_train_parser(t: argparse.ArgumentParser) -> None:
+    """``train``: the run configuration (preset, model, data, estimator, optimiser) ..."""
+    from pyro_spvae.data import DATASETS, TRANSFORMS
+    from pyro_spvae.training import ELBO_NAMES
+
     t.add_argument("--preset", default=None, help="named configuration (default: vae-binary)")
-    t.add_argument("--model", default=None, help="model family (a key of pyro_spvae.models.MODELS)")
+    t.add_argument("--model", default=None, help="model family (a key of pyro_spvae.zoo.MODELS)")
     t.add_argument("--data", choices=DATASETS, default=None, help="dataset")
     t.add_argument("--data-dir", default=None, help="existing MNIST directory (files are downloaded into it)")
     t.add_argument("--transform", choices=sorted(TRANSFORMS), default=None, help="data transform")
@@ -125,17 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--alpha", type=_finite_float, default=None, help="Renyi alpha (--elbo renyi)")
     t.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
     t.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate")
-    t.add_argument(
-        "--group-lr",
-        type=_group_lr,
-        action="append",
-        default=None,
-        metavar="PATTERN=LR",
-        help="learning rate for parameters whose names match the regex (repeatable)",
-    )
-    t.add_argument(
-        "--clip-norm", type=_positive_float, default=None, help="clip gradient norms (ClippedAdam)"
-    )
+    t.add_argument("--group-lr", type=_group_lr, action="append", default=None, metavar="PATTERN=LR",
+                   help="learning rate for parameters whose names match the regex (repeatable)")
+    t.add_argument("--clip-norm", type=_positive_float, default=None,
+                   help="clip gradient norms (ClippedAdam)")
+    _add_schedule_args(t)
+    t.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from RUN_DIR/checkpoint.pt with RUN_DIR/config.json (only --lr, "
+                       "--group-lr, length, interval and early-stopping options may change)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete the files of an earlier run in RUN_DIR and start again")
+    _add_process_args(t)
+
+
+def _add_schedule_args(t: argparse.ArgumentParser) -> None:
+    """... and its length, validation, early stopping, checkpoints and steps."""
+    from pyro_spvae.training.settings import NONFINITE_POLICIES
+
     stop = t.add_mutually_exclusive_group()
     stop.add_argument("--steps", type=_positive_int, default=None, help="number of optimisation steps")
     stop.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs")
@@ -151,108 +174,69 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=_positive_int, default=None, help="metrics line every N steps")
     t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="checkpoint every N steps")
     t.add_argument("--seed", type=_nonnegative_int, default=None, help="master seed")
-    t.add_argument(
-        "--shards", type=_positive_int, default=None, help="micro-batches per step (default: #procs)"
-    )
-    t.add_argument(
-        "--on-nonfinite", choices=("raise", "skip"), default=None, help="NaN/Inf loss or gradients"
-    )
-    t.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--backend", choices=("gloo", "nccl"), default=None, help="torch.distributed backend")
-    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of a single-process run")
-    t.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch intra-op threads per process (default: torch's; use 1 on a busy shared machine)",
-    )
+    t.add_argument("--shards", type=_positive_int, default=None,
+                   help="micro-batches per step (default: #procs)")
+    t.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default=None,
+                   help="NaN/Inf loss or gradients")
 
-    e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run")
-    e.add_argument(
-        "--run",
-        "--run-dir",
-        dest="run",
-        required=True,
-        help="run directory written by 'train' (under torchrun spell it --run-dir: torchrun claims --run*)",
-    )
+
+def _add_process_args(p: argparse.ArgumentParser) -> None:
+    """Progress bar, process group and threads (``train`` and ``evaluate``)."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=("gloo", "nccl"), default=None, help="torch.distributed backend")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of a single-process run")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch intra-op threads per process (default: torch's; use 1 on a busy shared "
+                   "machine)")
+    _add_memory_arg(p)
+
+
+def _add_memory_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
+                   help="refuse settings estimated to need more memory, e.g. 16G or 'off' (default: "
+                   "$PYRO_SPVAE_MEMORY_BUDGET, else 80%% of the physical memory)")
+
+
+def _add_evaluate_parser(e: argparse.ArgumentParser) -> None:
+    from pyro_spvae.training.rundir import CHECKPOINTS
+
+    e.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run directory written by 'train' (under torchrun spell it --run-dir: torchrun "
+                   "claims --run*)")
     e.add_argument("--num-samples", type=_positive_int, default=5000, help="importance samples per example")
     e.add_argument("--split", choices=("train", "valid", "test"), default="test")
     e.add_argument("--max-examples", type=_positive_int, default=None, help="evaluate the first N examples")
     e.add_argument("--batch-size", type=_positive_int, default=100, help="examples per pass")
     e.add_argument("--chunk-size", type=_positive_int, default=500, help="importance samples per pass")
-    e.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    e.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     e.add_argument("--seed", type=_nonnegative_int, default=0, help="seed for data noise and sampling")
     e.add_argument("--out", default=None, help="output JSON (default: RUN/eval.json)")
-    e.add_argument("--no-progress", action="store_true")
-    e.add_argument("--backend", choices=("gloo", "nccl"), default=None)
-    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of a single-process run")
-    e.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads per process")
+    _add_process_args(e)
 
-    s = sub.add_parser("sample", help="image grid of samples from a trained run")
+
+def _add_sample_parser(s: argparse.ArgumentParser) -> None:
+    from pyro_spvae.training.rundir import CHECKPOINTS
+
     s.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by 'train'")
     s.add_argument("--num", type=_positive_int, default=64, help="number of samples")
     s.add_argument("--out", default=None, help="output PNG (default: RUN/samples.png)")
-    s.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    s.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     s.add_argument("--mode", choices=("mean", "sample"), default="mean", help="mean of p(x|z) or a draw")
     s.add_argument("--seed", type=_nonnegative_int, default=0)
-    return parser
+    s.add_argument("--device", choices=("cpu",), default="cpu", help=argparse.SUPPRESS)
+    _add_memory_arg(s)
 
 
 # ---------------------------------------------------------------------------- building blocks
-def _load_data(config: Any, split: str) -> Any:
-    from pyro_spvae.data import load_dataset
-
-    root = config.data_dir
-    if config.data == "mnist" and root is not None and not Path(root).expanduser().is_dir():
-        raise CLIError(
-            f"data directory {root} does not exist (create it, or omit --data-dir to use the default)"
-        )
-    try:
-        return load_dataset(config.data, split, config.transform, root=root)
-    except FileNotFoundError as e:
-        raise CLIError(str(e)) from None
-
-
-def _build_model(config: Any, dataset: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
-    from pyro_spvae.models import MODELS
-
-    if config.model not in MODELS:
-        raise CLIError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
-    builder = MODELS[config.model]
-    kwargs = dict(config.model_kwargs)
-    try:
-        accepted = inspect.signature(builder).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        accepted = {}
-    if "likelihood" in accepted and kwargs.get("likelihood") is None:
-        kwargs["likelihood"] = dataset.likelihood
-    if kwargs.get("likelihood") is None:
-        kwargs.pop("likelihood", None)
-    for key, value in kwargs.items():
-        if isinstance(value, list):
-            kwargs[key] = tuple(value)
-    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    unknown = [k for k in kwargs if k not in accepted] if accepted and not has_var_kw else []
-    if unknown:
-        raise CLIError(f"model {config.model!r} does not take option(s) {unknown}")
-    try:
-        return builder(tuple(dataset.event_shape), **kwargs)
-    except (ValueError, TypeError, KeyError) as e:
-        raise CLIError(f"cannot build model {config.model!r}: {e}") from None
-
-
 def _init(backend: str | None, device: str, threads: int | None = None) -> Any:
     """Process group from torchrun's environment (device per local rank) or a single process on
     ``device``; ``threads`` sets torch's intra-op thread count."""
     import dataclasses
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-
     from pyro_spvae.training import init_distributed
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         ctx = init_distributed(backend)
     except (ValueError, RuntimeError) as e:
@@ -264,49 +248,19 @@ def _init(backend: str | None, device: str, threads: int | None = None) -> Any:
     return ctx
 
 
-def _max_plate_nesting(model: Any) -> int:
-    """The model's ``max_plate_nesting`` attribute, else 1 (the model contract's default)."""
-    value = getattr(model, "max_plate_nesting", None)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
-
-
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    over: dict[str, Any] = {}
-    simple = {
-        "model": args.model,
-        "data": args.data,
-        "data_dir": args.data_dir,
-        "transform": args.transform,
-        "elbo": args.elbo,
-        "num_particles": args.num_particles,
-        "alpha": args.alpha,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "clip_norm": args.clip_norm,
-        "eval_every": args.eval_every,
-        "valid_max_examples": args.valid_max_examples,
-        "log_every": args.log_every,
-        "checkpoint_every": args.checkpoint_every,
-        "seed": args.seed,
-        "shards": args.shards,
-        "on_nonfinite": args.on_nonfinite,
-        "lr_decay": args.lr_decay,
-        "lr_patience": args.lr_patience,
-        "min_rel_improvement": args.min_rel_improvement,
-    }
-    over.update({k: v for k, v in simple.items() if v is not None})
+    """The ``TrainConfig`` fields given on the command line."""
+    names = ("model", "data", "data_dir", "transform", "elbo", "num_particles", "alpha", "batch_size", "lr",
+             "clip_norm", "eval_every", "valid_max_examples", "log_every", "checkpoint_every", "seed",
+             "shards", "on_nonfinite", "lr_decay", "lr_patience", "min_rel_improvement")
+    over: dict[str, Any] = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.steps is not None:
         over["steps"], over["epochs"] = args.steps, None
     if args.epochs is not None:
         over["epochs"], over["steps"] = args.epochs, None
     if args.patience is not None:
         over["patience"] = args.patience or None
-    model_kwargs = {
-        "z_dim": args.z_dim,
-        "hidden": args.hidden,
-        "arch": args.arch,
-        "likelihood": args.likelihood,
-    }
+    model_kwargs = {k: getattr(args, k) for k in ("z_dim", "hidden", "arch", "likelihood")}
     model_kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
     if model_kwargs:
         over["model_kwargs"] = model_kwargs
@@ -315,283 +269,136 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
-def _checkpoint_path(run: Path, which: str) -> Path:
-    from pyro_spvae.training.trainer import BEST_NAME, CHECKPOINT_NAME
-
-    best, last = run / BEST_NAME, run / CHECKPOINT_NAME
-    path = best if which == "best" and best.exists() else last
-    if not path.exists():
-        raise CLIError(f"no checkpoint in {run} (expected {BEST_NAME} or {CHECKPOINT_NAME}); train first")
-    return path
+def _warn(command: str, message: str) -> None:
+    print(f"pyro-spvae {command}: warning: {message}", file=sys.stderr)
 
 
-def _restore(run: Path, which: str, split: str) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-    from pyro_spvae.training import CheckpointError, load_checkpoint
-    from pyro_spvae.training.config import TrainConfig
+def _budget(args: argparse.Namespace) -> int | None:
+    from pyro_spvae.training.memory import memory_budget
 
-    if not run.is_dir():
-        raise CLIError(f"run directory {run} does not exist")
+    if args.memory_budget is not None:
+        return None if args.memory_budget == 0 else args.memory_budget
     try:
-        config = TrainConfig.load(run / "config.json")
-    except (FileNotFoundError, ValueError) as e:
+        return memory_budget(args.device)
+    except ValueError as e:
         raise CLIError(str(e)) from None
-    data = _load_data(config, split)
-    model, guide = _build_model(config, data)
-    path = _checkpoint_path(run, which)
-    try:
-        state = load_checkpoint(path)
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
-    except (CheckpointError, RuntimeError, KeyError) as e:
-        raise CLIError(f"cannot restore {path}: {e}") from None
-    _clear_shadowing_params(model, guide)
-    return config, data, model, guide, state
 
 
-def _clear_shadowing_params(*modules: torch.nn.Module) -> None:
-    from pyro_spvae.training.trainer import release_foreign_params
+def _check_memory(command: str, estimate: tuple[int, str], args: argparse.Namespace) -> None:
+    from pyro_spvae.training.memory import check_memory
 
-    release_foreign_params(*modules)
+    note = check_memory(*estimate, _budget(args))
+    if note is not None:
+        _warn(command, note)
 
 
 # ---------------------------------------------------------------------------- commands
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pyro_spvae.models import MODELS
-    from pyro_spvae.training import (
-        Trainer,
-        make_elbo,
-        make_optimizer,
-        seed_everything,
-        shutdown_distributed,
-    )
-    from pyro_spvae.training.config import TrainConfig
-    from pyro_spvae.training.presets import DEFAULT_PRESET, preset_config
-    from pyro_spvae.training.trainer import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, NonFiniteError
+    from pyro_spvae.training import load_data, plan_training, shutdown_distributed
+    from pyro_spvae.training.memory import estimate_train_bytes
 
-    out = Path(args.out)
-    over = _train_overrides(args)
-    config_path = out / "config.json"
-    try:
-        if args.resume and config_path.exists():
-            if args.preset is not None:
-                raise CLIError("--preset cannot be combined with --resume (the run's config.json is used)")
-            base = TrainConfig.load(config_path).to_dict()
-            kw = over.pop("model_kwargs", {})
-            base["model_kwargs"].update(kw)
-            base.update(over)
-            config = TrainConfig.from_dict(base)
-        else:
-            config = preset_config(args.preset or DEFAULT_PRESET, **over)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    if config.model not in MODELS:
-        raise CLIError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
-    if not args.resume and (out / CHECKPOINT_NAME).exists():
-        raise CLIError(
-            f"{out} already holds a training run; pass --resume to continue it or choose another --out"
-        )
-
+    plan = plan_training(args.out, _train_overrides(args), preset=args.preset, resume=args.resume,
+                         overwrite=args.overwrite)
+    train, valid = load_data(plan.config, "train"), load_data(plan.config, "valid")
+    _check_memory("train", estimate_train_bytes(plan.config, train), args)
     ctx = _init(args.backend, args.device, args.threads)
     try:
-        seed_everything(config.seed)  # identical initialisation on every rank
-        train = _load_data(config, "train")
-        valid = _load_data(config, "valid")
-        model, guide = _build_model(config, train)
-        model.to(ctx.device)
-        guide.to(ctx.device)
-        try:
-            elbo = make_elbo(
-                config.elbo,
-                config.num_particles,
-                alpha=config.alpha,
-                max_plate_nesting=_max_plate_nesting(model),
-            )
-            optim = make_optimizer(config.lr, group_lrs=config.group_lrs, clip_norm=config.clip_norm)
-            trainer = Trainer(
-                model,
-                guide,
-                elbo,
-                optim,
-                train,
-                batch_size=config.batch_size,
-                valid_data=valid,
-                max_steps=config.steps,
-                max_epochs=config.epochs,
-                eval_every=config.eval_every,
-                patience=config.patience,
-                lr_decay=config.lr_decay,
-                lr_patience=config.lr_patience,
-                min_rel_improvement=config.min_rel_improvement,
-                valid_max_examples=config.valid_max_examples,
-                seed=config.seed,
-                out_dir=out,
-                checkpoint_every=config.checkpoint_every,
-                log_every=config.log_every,
-                on_nonfinite=config.on_nonfinite,
-                progress=False if args.no_progress else None,
-                num_shards=config.shards,
-                config=config.to_dict(),
-                distributed=ctx,
-            )
-        except ValueError as e:
-            raise CLIError(str(e)) from None
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            config.save(config_path)
-        if args.resume:
-            from pyro_spvae.training import CheckpointError
-
-            try:
-                resumed = trainer.resume()
-            except (CheckpointError, ValueError) as e:
-                raise CLIError(f"cannot resume from {out}: {e}") from None
-            if ctx.is_main:
-                print(
-                    f"resumed from step {trainer.step_count}"
-                    if resumed
-                    else "no checkpoint found: starting fresh"
-                )
-        try:
-            result = trainer.fit()
-        except NonFiniteError as e:
-            print(f"pyro-spvae train: training stopped: {e}", file=sys.stderr)
-            return EXIT_FAILURE
-        except ValueError as e:  # input validation by the model/guide/likelihood on the first batch
-            message = str(e).split("\nTrace Shapes:")[0].strip()  # drop Pyro's appended shape table
-            raise CLIError(f"training failed: {message}") from None
-        if ctx.is_main:
-            _finish_training(out, config, model, guide, valid, result, BEST_NAME, METRICS_NAME)
-        return 0
+        return _train(args, plan, train, valid, ctx)
     finally:
         shutdown_distributed()
 
 
-def _finish_training(out, config, model, guide, valid, result, best_name, metrics_name) -> None:
-    from pyro_spvae.plots import model_samples, reconstructions, save_image_grid, save_training_curve
-    from pyro_spvae.training import load_checkpoint, read_metrics, seed_everything
+def _train(args: argparse.Namespace, plan: Any, train: Any, valid: Any, ctx: Any) -> int:
+    """Load (reads only: every refusal happens before :meth:`TrainingSession.start`), then write
+    and train."""
+    from pyro_spvae.training import NonFiniteError, TrainingSession
 
-    if (out / best_name).exists():
-        state = load_checkpoint(out / best_name)
+    try:
+        session = TrainingSession(plan, train, valid, progress=False if args.no_progress else None,
+                                  distributed=ctx)
+    except ValueError as e:  # RunError and MetricsError included
+        raise CLIError(f"cannot resume from {plan.out}: {e}" if plan.resume else str(e)) from None
+    session.start()
+    if ctx.is_main and plan.resume:
+        _report_resume(plan, session.point)
+    try:
+        result = session.fit()
+    except NonFiniteError as e:
+        print(f"pyro-spvae train: training stopped: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as e:  # input validation by the model/guide/likelihood on the first batch
+        message = str(e).split("\nTrace Shapes:")[0].strip()  # drop Pyro's appended shape table
+        raise CLIError(f"training failed: {message}") from None
+    if ctx.is_main:
+        _finish_training(plan, session.trainer, valid, result)
+    return 0
+
+
+def _report_resume(plan: Any, point: Any) -> None:
+    for problem in point.problems if point is not None else ():
+        _warn("train", f"{problem}; resuming from {point.path.name} instead")
+    if plan.changes:
+        shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in plan.changes.items())
+        print(f"applying on resume: {shown}")
+    print(f"resumed from step {point.step}" if point is not None else
+          f"no checkpoint in {plan.out}: training from step 0 with its config.json")
+
+
+def _finish_training(plan: Any, trainer: Any, valid: Any, result: Any) -> None:
+    """Plots of the best model (``curve.png``, ``samples.png``, ``reconstructions.png``) and the
+    run's summary line on stdout."""
+    from pyro_spvae.plots import save_run_figures
+    from pyro_spvae.training import (
+        BEST_NAME,
+        METRICS_NAME,
+        CheckpointError,
+        load_checkpoint_or_previous,
+        read_metrics,
+    )
+
+    out, config, model, guide = plan.out, plan.config, trainer.model, trainer.guide
+    try:
+        state = load_checkpoint_or_previous(out / BEST_NAME).state
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
-    model.cpu()
-    guide.cpu()
-    records = read_metrics(out / metrics_name)
-    if records:
-        save_training_curve(records, out / "curve.png", title=f"{config.model} ({config.elbo})")
-    seed_everything(config.seed)
-    event_shape = tuple(valid.event_shape)
-    save_image_grid(model_samples(model, event_shape, 64), out / "samples.png", title="samples")
-    n = min(32, len(valid))
-    x = valid.batch(torch.arange(n), torch.Generator().manual_seed(config.seed))
-    recon = reconstructions(model, guide, x)
-    pairs = torch.stack([x, recon], 1).reshape(2 * n, *event_shape)
-    save_image_grid(pairs, out / "reconstructions.png", nrow=8, title="data | reconstruction")
-    summary = {
-        "run": str(out),
-        "steps": result.step,
-        "epochs": result.epoch,
-        "train_loss": result.train_loss,
-        "best_valid_loss": result.best_valid_loss,
-        "best_step": result.best_step,
-        "stopped_early": result.stopped_early,
-        "skipped_steps": result.skipped_steps,
-    }
-    print(
-        json.dumps(
-            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-        )
-    )
+    except CheckpointError:  # no readable best.pt: plot the final state
+        pass
+    records = read_metrics(out / METRICS_NAME) if (out / METRICS_NAME).exists() else []
+    save_run_figures(out, model.cpu(), guide.cpu(), valid, seed=config.seed,
+                     title=f"{config.model} ({config.elbo})", records=records)
+    summary = {"run": str(out), "steps": result.step, "epochs": result.epoch, "train_loss": result.train_loss,
+               "best_valid_loss": result.best_valid_loss, "best_step": result.best_step,
+               "stopped_early": result.stopped_early, "skipped_steps": result.skipped_steps}
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}
+    print(json.dumps(finite))
+
+
+def _output_for(args: argparse.Namespace, default: str) -> Path:
+    """The output file of ``evaluate``/``sample`` (``--out``, else ``RUN/default``), after checking
+    that the run can be read and the output written (before any long computation)."""
+    from pyro_spvae.training import check_output_file, load_run_config
+
+    load_run_config(args.run)
+    return check_output_file(Path(args.out) if args.out else Path(args.run) / default)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pyro_spvae.infer.log_likelihood import KHAT_THRESHOLD, log_marginal_likelihood
-    from pyro_spvae.infer.spn_bounds import spn_log_likelihood
-    from pyro_spvae.training import (
-        gather_concat,
-        rank_slice,
-        seed_everything,
-        shutdown_distributed,
-    )
+    from pyro_spvae.evaluation import evaluate_run, write_report
+    from pyro_spvae.training import shutdown_distributed
 
-    run = Path(args.run)
+    out = _output_for(args, "eval.json")
+    budget = _budget(args)
     ctx = _init(args.backend, args.device, args.threads)
     try:
-        config, data, model, guide, state = _restore(run, args.checkpoint, args.split)
-        model.to(ctx.device)
-        guide.to(ctx.device)
-        n = len(data) if args.max_examples is None else min(args.max_examples, len(data))
-        x_all = data.batch(torch.arange(n), torch.Generator().manual_seed(args.seed))
-        mine = x_all[rank_slice(n, ctx)].to(ctx.device)
-        seed_everything(args.seed + ctx.rank)
-        fields = torch.zeros(0, 3, dtype=torch.float64, device=ctx.device)
-        spn_bound = hasattr(model, "spn_log_value")
-        if mine.shape[0] and spn_bound:
-            # SPN-of-VAEs (SPVAE): the paper's evaluation, leaf-averaged importance weights with
-            # num_samples per leaf pushed through the SPN (Tan & Peharz 2019, Table 1). It has no
-            # single weight vector per example, so k-hat and ESS are not defined (NaN).
-            with torch.no_grad():
-                log_px = torch.cat(
-                    [
-                        spn_log_likelihood(
-                            model, guide, xb, num_samples=args.num_samples, chunk_size=args.chunk_size
-                        )
-                        for xb in mine.split(args.batch_size)
-                    ]
-                )
-            nan = torch.full_like(log_px, float("nan"))
-            fields = torch.stack([log_px, nan, nan], -1).to(torch.float64).to(ctx.device)
-        elif mine.shape[0]:
-            res = log_marginal_likelihood(
-                model,
-                guide,
-                mine,
-                num_samples=args.num_samples,
-                chunk_size=args.chunk_size,
-                batch_size=args.batch_size,
-                progress=not args.no_progress and ctx.is_main and sys.stderr.isatty(),
-                max_plate_nesting=_max_plate_nesting(model),
-            )
-            fields = torch.stack([res.log_px, res.khat, res.ess], -1).to(torch.float64).to(ctx.device)
-        fields = gather_concat(fields, ctx).cpu()
-        if not ctx.is_main:
-            return 0
-        log_px, khat, ess = fields.unbind(-1)
-        d = int(torch.tensor(data.event_shape).prod())
-        mean = float(log_px.mean())
-        stderr = float(log_px.std() / math.sqrt(n)) if n > 1 else float("nan")
-        finite_khat = khat[torch.isfinite(khat)]
-        report = {
-            "run": str(run),
-            "checkpoint": _checkpoint_path(run, args.checkpoint).name,
-            "step": int(state["step"]),
-            "split": args.split,
-            "num_examples": n,
-            "num_samples": args.num_samples,
-            "log_likelihood_nats": mean,
-            "log_likelihood_stderr": stderr,
-            "nll_nats": -mean,
-            "bits_per_dim": -mean / (d * math.log(2)),
-            "khat": {
-                "mean": float(finite_khat.mean()) if finite_khat.numel() else None,
-                "median": float(finite_khat.median()) if finite_khat.numel() else None,
-                "max": float(finite_khat.max()) if finite_khat.numel() else None,
-                "num_nonfinite": int((~torch.isfinite(khat)).sum()),
-                "threshold": KHAT_THRESHOLD,
-                "fraction_above_threshold": float((khat > KHAT_THRESHOLD).double().mean()),
-            },
-            "estimator": "spn-leaf-iw" if spn_bound else "iwae",
-            "ess": {"mean": float(ess.mean()), "min": float(ess.min()), "median": float(ess.median())},
-            "processes": ctx.world_size,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        }
-        if spn_bound:  # no per-example weight vector: PSIS k-hat and ESS are undefined
-            report["khat"] = report["ess"] = None
-        out = Path(args.out) if args.out else run / "eval.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps({k: report[k] for k in ("log_likelihood_nats", "nll_nats", "bits_per_dim")}))
+        report = evaluate_run(
+            args.run, which=args.checkpoint, split=args.split, num_samples=args.num_samples,
+            batch_size=args.batch_size, chunk_size=args.chunk_size, max_examples=args.max_examples,
+            seed=args.seed, progress=not args.no_progress and sys.stderr.isatty(), distributed=ctx,
+            memory_budget=budget, notify=partial(_warn, "evaluate") if ctx.is_main else None,
+        )
+        if ctx.is_main:
+            write_report(report, out)
+            print(json.dumps(report.summary()))
         return 0
     finally:
         shutdown_distributed()
@@ -599,30 +406,53 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pyro_spvae.plots import model_samples, save_image_grid
-    from pyro_spvae.training import seed_everything
+    from pyro_spvae.training import restore_run, seed_everything
+    from pyro_spvae.training.memory import estimate_sample_bytes
 
-    run = Path(args.run)
-    config, data, model, guide, _ = _restore(run, args.checkpoint, "valid")
+    out = _output_for(args, "samples.png")
+    run = restore_run(args.run, args.checkpoint, "valid")
+    for problem in run.problems:
+        _warn("sample", f"{problem}; using {run.checkpoint.name} instead")
+    event_shape = tuple(run.data.event_shape)
+    _check_memory("sample", estimate_sample_bytes(event_shape, args.num), args)
     seed_everything(args.seed)
-    images = model_samples(model, tuple(data.event_shape), args.num, mean=args.mode == "mean")
-    out = Path(args.out) if args.out else run / "samples.png"
-    save_image_grid(images, out, title=f"{config.model} samples")
+    images = model_samples(run.model, event_shape, args.num, mean=args.mode == "mean")
+    save_image_grid(images, out, title=f"{run.config.model} samples")
     print(str(out))
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (an ``OSError`` as ``what: reason``)."""
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+        if error.filename and str(error.filename) not in text:
+            text = f"{error.filename}: {text}"
+    else:
+        text = str(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-spvae`` console script.
 
-    :returns: the exit status (0 success, 1 training failure, 2 usage/input error).
+    Every refusal (bad arguments, an unusable run directory, data or checkpoint, a full or
+    read-only disk, settings beyond the memory budget) ends with one line
+    ``pyro-spvae <command>: error: <message>`` on stderr and exit status 2, without a traceback.
+
+    :returns: the exit status (0 success, 1 training stopped by the NaN/Inf guard, 2 usage/input
+        error).
     """
+    from pyro_spvae.training import CheckpointError, RunError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
     try:
         return commands[args.command](args)
-    except CLIError as e:
-        print(f"pyro-spvae {args.command}: error: {e}", file=sys.stderr)
+    except (CLIError, RunError, CheckpointError, OSError, MemoryError) as e:
+        print(f"pyro-spvae {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"pyro-spvae {args.command}: interrupted", file=sys.stderr)

@@ -31,6 +31,9 @@ __all__ = [
     "check_hidden",
     "check_input_like",
     "check_int",
+    "check_integer_dtype",
+    "check_module_data",
+    "check_network_input",
     "check_nonnegative_int",
     "check_positive_float",
     "check_positive_int",
@@ -171,6 +174,19 @@ def check_floating_dtype(name: str, x: object) -> torch.Tensor:
     return x
 
 
+def check_integer_dtype(name: str, x: object) -> torch.Tensor:
+    """Check that ``x`` is a tensor with an integer dtype (e.g. indices or labels; ``bool`` is not
+    an integer dtype here).
+
+    :raises TypeError: if ``x`` is not a tensor.
+    :raises ValueError: for a floating, complex or boolean dtype.
+    """
+    x = check_tensor(name, x)
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise ValueError(f"{name} must have an integer dtype (e.g. torch.long), got {x.dtype}")
+    return x
+
+
 def check_input_like(name: str, x: object, like: torch.Tensor) -> torch.Tensor:
     """Check that ``x`` is a tensor with the dtype and device of ``like`` (a module parameter), so
     that a network input of the wrong dtype (int, float64 for a float32 module, ...) fails with a
@@ -187,6 +203,42 @@ def check_input_like(name: str, x: object, like: torch.Tensor) -> torch.Tensor:
         )
     if x.device != like.device:
         raise ValueError(f"{name} is on device {x.device}, but the module's parameters are on {like.device}")
+    return x
+
+
+def check_network_input(name: str, x: object, like: torch.Tensor,
+                        trailing_shape: Sequence[int]) -> torch.Tensor:
+    """Check the input ``x`` of a network: :func:`check_input_like` (tensor, ``like``'s dtype and
+    device) and trailing dims equal to ``trailing_shape``; the leading (batch) dims are free.
+
+    Cheap (no pass over the values), so networks can call it on every forward.
+
+    :raises TypeError: if ``x`` is not a tensor.
+    :raises ValueError: for a wrong dtype, device or trailing shape.
+    """
+    x = check_input_like(name, x, like)
+    n = len(trailing_shape)
+    if x.dim() < n or tuple(x.shape[x.dim() - n:]) != tuple(trailing_shape):
+        expected = ", ".join(str(s) for s in trailing_shape)
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (..., {expected})")
+    return x
+
+
+def check_module_data(name: str, x: object, event_shape: tuple[int, ...], module: torch.nn.Module,
+                      batch_dims: int | None = 1) -> torch.Tensor:
+    """Check a data batch ``x`` given to ``module`` (a model or a guide): :func:`check_float_tensor`
+    (finite floats of shape ``(B, *event_shape)``, ``B >= 1``, with ``batch_dims`` leading dims;
+    ``None``: any number) and, when ``module`` has parameters, their dtype and device
+    (:func:`check_input_like`).
+
+    :raises TypeError: if ``x`` is not a tensor.
+    :raises ValueError: for a non-floating dtype, a wrong shape, an empty batch, NaN or infinite
+        entries, or a dtype/device different from the module's parameters.
+    """
+    x = check_float_tensor(name, x, event_shape, batch_dims=batch_dims)
+    param = next(module.parameters(), None)
+    if param is not None:
+        check_input_like(name, x, param)
     return x
 
 

@@ -18,10 +18,14 @@ import pytest
 import torch
 
 from pyro_spvae.training import (
+    CHECKPOINT_FORMAT,
     CheckpointError,
     NonFiniteCheckpointError,
+    UnsafeCheckpointError,
     capture_rng_state,
     load_checkpoint,
+    load_checkpoint_or_previous,
+    previous_checkpoint_path,
     restore_rng_state,
     save_checkpoint,
 )
@@ -44,7 +48,8 @@ def test_round_trip_and_format(tmp_path):
     state = {"model": {"w": torch.randn(3)}, "step": 7, "config": {"lr": 1e-3, "hidden": [2, 3], "x": None}}
     path = save_checkpoint(tmp_path / "c.pt", state)
     loaded = load_checkpoint(path)
-    assert loaded["format"] == 1 and loaded["step"] == 7 and loaded["config"] == state["config"]
+    assert loaded["format"] == CHECKPOINT_FORMAT == 2
+    assert loaded["step"] == 7 and loaded["config"] == state["config"]
     assert torch.equal(loaded["model"]["w"], state["model"]["w"])
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
@@ -123,7 +128,7 @@ _CHILD = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from test_training import make_trainer
-    t = make_trainer({out!r}, max_steps=12, checkpoint_every=4, log_every=4)
+    t = make_trainer({out!r}, steps=12, checkpoint_every=4, log_every=4)
     t.fit()
     """
 )
@@ -136,7 +141,7 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(tmp_path):
     sys.path.insert(0, str(TESTS_DIR))
     from test_training import make_trainer, params_of
 
-    reference = make_trainer(None, max_steps=12, checkpoint_every=4, log_every=4)
+    reference = make_trainer(None, steps=12, checkpoint_every=4, log_every=4)
     reference.fit()
     expected = params_of(reference)
 
@@ -173,7 +178,7 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(tmp_path):
     assert list(out.glob(".tmp-checkpoint.pt.*")), "the kill should have landed mid-write"
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
 
-    resumed = make_trainer(out, max_steps=12, checkpoint_every=4, log_every=4)
+    resumed = make_trainer(out, steps=12, checkpoint_every=4, log_every=4)
     assert resumed.resume()
     assert not list(out.glob(".tmp-*")), "stale temporaries are cleaned up on resume"
     assert resumed.step_count == 4
@@ -181,3 +186,100 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(tmp_path):
     got = params_of(resumed)
     for k in expected:
         assert torch.equal(got[k], expected[k]), k
+
+
+# ---------------------------------------------------------------------------- integrity (issue 10)
+def _record_offset(path: Path, suffix: str) -> int:
+    """Offset in ``path`` of the data of the zip record whose name ends with ``suffix``."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(suffix))
+    raw = path.read_bytes()
+    name_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def test_bit_rot_inside_tensor_data_is_detected(tmp_path):
+    """Flipping bytes of a tensor record used to load silently (torch does not check the zip
+    CRCs); altering the content consistently (a valid archive) fails the SHA-256 digest."""
+    path = save_checkpoint(tmp_path / "c.pt", {"model": {"w": torch.randn(1000)}, "step": 3})
+    data = bytearray(path.read_bytes())
+    offset = _record_offset(path, "/data/0")
+    data[offset + 100] ^= 0x01
+    rotten = tmp_path / "rotten.pt"
+    rotten.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt.*fails its CRC-32 check"):
+        load_checkpoint(rotten)
+    state = torch.load(path, weights_only=True)
+    state["model"]["w"][0] += 1.0
+    torch.save(state, tmp_path / "altered.pt")
+    with pytest.raises(CheckpointError, match="does not match its SHA256 digest"):
+        load_checkpoint(tmp_path / "altered.pt")
+
+
+def test_previous_checkpoint_is_kept_and_used_when_the_latest_is_corrupt(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1}, keep_previous=True)
+    save_checkpoint(path, {"step": 2}, keep_previous=True)
+    assert load_checkpoint(previous_checkpoint_path(path))["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+    path.write_bytes(path.read_bytes()[:100])
+    loaded = load_checkpoint_or_previous(path)
+    assert loaded.state["step"] == 1 and loaded.path == previous_checkpoint_path(path)
+    assert len(loaded.problems) == 1 and "corrupt or truncated" in loaded.problems[0]
+    path.unlink()  # killed between the two renames on a file system without hard links
+    assert load_checkpoint_or_previous(path).state["step"] == 1
+    previous_checkpoint_path(path).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="does not exist; .*checkpoint.prev.pt is corrupt"):
+        load_checkpoint_or_previous(path)
+
+
+def test_unsafe_latest_checkpoint_is_never_skipped(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1}, keep_previous=True)
+    marker = tmp_path / "pwned"
+    torch.save({"format": 2, "model": _RunsCode(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load checkpoint .*could run code"):
+        load_checkpoint_or_previous(path)
+    assert not marker.exists()
+
+
+def test_random_bytes_are_corrupt_not_unsafe(tmp_path):
+    """Every random file is refused as corrupt (an IndexError, KeyError or UnicodeDecodeError
+    escaped for some of them, and the others were called 'a pickle that could run code')."""
+    rng = random.Random(0)
+    path = tmp_path / "random.pt"
+    for i in range(300):
+        data = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
+        if i % 3 == 0:
+            data = b"PK\x03\x04" + data
+        elif i % 3 == 1:
+            data = b"\x80\x02" + data  # starts like a protocol-2 pickle
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match="is corrupt or truncated") as info:
+            load_checkpoint(path)
+        assert not isinstance(info.value, UnsafeCheckpointError), data[:20]
+
+
+def test_failed_write_keeps_the_previous_files_and_no_temporary(tmp_path, monkeypatch):
+    """A write failing on a full disk (here: ENOSPC from fsync) leaves the previous checkpoint,
+    its previous version and no temporary file."""
+    import errno
+
+    from pyro_spvae.training import files
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1}, keep_previous=True)
+    save_checkpoint(path, {"step": 2}, keep_previous=True)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(OSError, match="cannot write .*checkpoint.pt: No space left on device"):
+        save_checkpoint(path, {"step": 3}, keep_previous=True)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 2 and load_checkpoint(previous_checkpoint_path(path))["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]

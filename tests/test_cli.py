@@ -121,7 +121,7 @@ def test_presets_are_valid_configs():
         (["train", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'; choose one of"),
         (["train", "--preset", "nosuch"], "unknown preset 'nosuch'"),
         (["train", "--batch-size", "-3"], "argument --batch-size: expected a positive integer, got '-3'"),
-        (["train", "--lr", "abc"], "argument --lr: expected a positive number, got 'abc'"),
+        (["train", "--lr", "abc"], "argument --lr: expected a positive finite number, got 'abc'"),
         (["train", "--lr", "nan"], "expected a positive finite number"),
         (["train", "--hidden", "10,x"], "expected comma-separated positive integers"),
         (["train", "--elbo", "nope"], "argument --elbo: invalid choice: 'nope'"),
@@ -131,7 +131,7 @@ def test_presets_are_valid_configs():
             "batch_size 5000 exceeds the 3000 training examples",
         ),
         (["train", "--z-dim", "0"], "expected a positive integer, got '0'"),
-        (["train", "--lr-decay", "1.5", "--steps", "1"], "lr_decay must be a number in (0, 1)"),
+        (["train", "--lr-decay", "1.5", "--steps", "1"], "lr_decay must be a finite number in (0, 1)"),
         (
             [
                 "train",

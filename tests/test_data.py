@@ -367,8 +367,10 @@ def test_minmax_and_reflect_helpers():
     assert torch.equal(minmax_per_image(x), torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]]))
     y = reflect_unit(torch.tensor([-0.25, 0.0, 0.5, 1.0, 1.25, 2.5]))
     assert torch.allclose(y, torch.tensor([0.25, 0.0, 0.5, 1.0, 0.75, 0.5]))
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="floating-point dtype"):  # a wrong dtype is a wrong value
         minmax_per_image(torch.zeros(2, 3, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        minmax_per_image([[2.0, 4.0]])
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -406,21 +408,22 @@ def test_load_dataset_mnist(mnist_dir):
 
 
 def test_load_dataset_rejects_unknown_names():
-    with pytest.raises(ValueError, match="embedded, mnist"):
+    names = r"\['cifar10', 'embedded', 'mnist', 'svhn'\]"
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar'; choose one of " + names):
         load_dataset("cifar", "train", "discrete")
-    with pytest.raises(ValueError, match="train, valid, test"):
+    with pytest.raises(ValueError, match=r"unknown split 'validation'; choose one of \['test', 'train'"):
         load_dataset("embedded", "validation", "discrete")
     with pytest.raises(ValueError, match="spvae-continuous"):
         load_dataset("embedded", "train", "binarised")
-    with pytest.raises(ValueError, match="train, valid, test"):
+    with pytest.raises(ValueError, match=r"unknown MNIST split 'training'; choose one of \['test', 'train'"):
         load_mnist("training")
-    assert DATASETS == ("embedded", "mnist")
+    assert DATASETS == ("embedded", "mnist", "svhn", "cifar10")
 
 
 def test_batch_rejects_bad_indices():
     with pytest.raises(TypeError, match="idx"):
         SMALL.batch([0, 1])
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(ValueError, match="idx must have an integer dtype"):  # a wrong dtype is a wrong value
         SMALL.batch(torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="one-dimensional"):
         SMALL.batch(torch.zeros(2, 2, dtype=torch.long))
@@ -434,14 +437,18 @@ def test_batch_rejects_bad_indices():
 
 
 def test_image_dataset_rejects_bad_construction():
-    with pytest.raises(TypeError, match="uint8"):
+    with pytest.raises(ValueError, match="uint8"):
         ImageDataset(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match="images must be a torch.Tensor"):
+        ImageDataset(np.zeros((2, 1, 28, 28), np.uint8), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         ImageDataset(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
         ImageDataset(random_images(3), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(TypeError, match="labels"):
+    with pytest.raises(ValueError, match="labels must have an integer dtype"):
         ImageDataset(random_images(2), torch.zeros(2))
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor"):
+        ImageDataset(random_images(2), [0, 1])
 
 
 def test_subset():

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from pyro_spvae.cli import main
-from pyro_spvae.models import MODELS
 from pyro_spvae.training import launch_command, load_checkpoint, read_metrics, seed_everything
+from pyro_spvae.zoo import MODELS
 
 pytestmark = [
     pytest.mark.distributed,

@@ -6,6 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.nn import PyroModule
 
 from pyro_spvae.guides import (
     GlobalOffsetPPCAGuide,
@@ -134,7 +135,9 @@ def test_global_latent_per_datapoint_bound_matches_brute_force():
         bound = TraceIWAE_ELBO(num_particles=K, vectorize_particles=vectorize).compute_bounds(model, guide, x)
         guide_trace = bound.terms.traces[0][1]
         theta = guide_trace.nodes["theta"]["value"]
-        z = torch.cat([g.nodes["z"]["value"] for _, g in bound.terms.traces], 0)
+        # one trace of K vectorised particles (K, 5, 2), or K traces of one particle (5, 2) as Pyro's
+        # sequential particles (no particle plate)
+        z = torch.cat([g.nodes["z"]["value"].reshape(-1, 5, 2) for _, g in bound.terms.traces], 0)
         assert theta.shape == (3,)  # ONE theta shared by all particles (nested estimator)
         for _, g in bound.terms.traces:
             torch.testing.assert_close(g.nodes["theta"]["value"], theta)
@@ -409,3 +412,116 @@ def test_data_subsampling_scale_multiplies_per_point_bounds():
     torch.testing.assert_close(scaled.total, 2.5 * base.total)
     with pytest.raises(ValueError, match="scale"):
         elbo.loss(poutine.scale(model, 2.5), guide, x)
+
+
+# --------------------------------------------------------------------------- Pyro's ELBO contract
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_follows_pyro_elbo_contract(vectorize):
+    """num_particles / vectorize_particles / max_plate_nesting are the base class's attributes (the
+    guessed nesting written back as Pyro does), the base-class trace hooks give K particles (not
+    K^2), and loss, differentiable_loss, loss_and_grads and compute_bounds agree on one draw."""
+    model = LinearGaussianVAE(3, 2, dtype=F64)
+    guide = LinearGaussianGuide(3, 2, dtype=F64)
+    x = torch.randn(5, 3, dtype=F64)
+    K = 4
+    elbo = TraceIWAE_ELBO(num_particles=K, vectorize_particles=vectorize)
+    assert (elbo.num_particles, elbo.vectorize_particles) == (K, vectorize)
+    assert elbo.max_plate_nesting == float("inf")  # not known before the first call
+    assert not hasattr(elbo, "vectorize") and not hasattr(elbo, "_plate_nesting")  # no second copies
+    traces = list(elbo._get_traces(model, guide, (x,), {}))
+    # the model's data plate, plus Pyro's particle plate when vectorising (as ELBO._guess_max_plate_nesting)
+    assert elbo.max_plate_nesting == (2 if vectorize else 1)
+    assert len(traces) == (1 if vectorize else K)
+    for _, guide_trace in traces:
+        z = guide_trace.nodes["z"]["value"]
+        assert z.shape == ((K, 5, 2) if vectorize else (5, 2))
+        frames = {f.name: f.dim for f in guide_trace.nodes["z"]["cond_indep_stack"]}
+        assert frames == ({"num_particles_vectorized": -2, "data": -1} if vectorize else {"data": -1})
+    # Pyro's own vectorised ELBO places the same particle plate
+    if vectorize:
+        ref = pyro.infer.Trace_ELBO(num_particles=K, vectorize_particles=True, max_plate_nesting=1)
+        (_, ref_guide), = ref._get_traces(model, guide, (x,), {})
+        assert ref_guide.nodes["z"]["value"].shape == (K, 5, 2)
+        assert ref.max_plate_nesting == elbo.max_plate_nesting
+    losses = []
+    for f in (
+        elbo.loss,
+        lambda *a: elbo.differentiable_loss(*a).item(),
+        elbo.loss_and_grads,
+        lambda *a: -elbo.compute_bounds(*a).total.item(),
+    ):
+        pyro.set_rng_seed(1)
+        losses.append(f(model, guide, x))
+    assert losses == pytest.approx([losses[0]] * 4, abs=1e-10)
+    pyro.set_rng_seed(1)
+    assert elbo.compute_bounds(model, guide, x).terms.local_p.shape == (K, 5)
+
+
+class _SharedShiftGuide(PyroModule):
+    """Guide whose location uses ``h``, a tensor computed ONCE from its parameter outside the
+    guide, so that every call back-propagates through the same graph of ``h``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(0.3, dtype=F64))
+
+    def forward(self, x, h):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(h * x, torch.tensor(0.8, dtype=F64)))
+
+
+def _shared_shift_model(x, h):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=F64), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+@pytest.mark.parametrize("estimator", ["iwae", "dreg"])
+def test_retain_graph_is_honoured(estimator):
+    """loss_and_grads back-propagates with retain_graph=self.retain_graph, as Trace_ELBO does: with
+    retain_graph=True a graph shared by two calls survives the first, and the gradients equal a plain
+    backward of differentiable_loss; without it the second backward fails like Pyro's."""
+    guide = _SharedShiftGuide()
+    x = torch.randn(4, dtype=F64)
+    h = guide.a.exp()  # one graph shared by every call below
+    elbo = TraceIWAE_ELBO(num_particles=3, estimator=estimator, max_plate_nesting=1, retain_graph=True)
+    assert elbo.retain_graph is True
+    grads = []
+    for _ in range(2):
+        pyro.set_rng_seed(2)
+        guide.a.grad = None
+        elbo.loss_and_grads(_shared_shift_model, guide, x, h)
+        grads.append(guide.a.grad.clone())
+    pyro.set_rng_seed(2)
+    guide.a.grad = None
+    elbo.differentiable_loss(_shared_shift_model, guide, x, h).backward(retain_graph=True)
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(guide.a.grad, grads[0])
+    assert grads[0].abs() > 0
+
+    plain = TraceIWAE_ELBO(num_particles=3, estimator=estimator, max_plate_nesting=1)
+    h = guide.a.exp()
+    plain.loss_and_grads(_shared_shift_model, guide, x, h)
+    with pytest.raises(RuntimeError, match="second time"):
+        plain.loss_and_grads(_shared_shift_model, guide, x, h)
+
+
+def test_nan_loss_warns():
+    """Every loss goes through pyro.util.warn_if_nan, as in Pyro's ELBOs."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    x = torch.tensor([0.5, float("nan")])
+    with pyro.validation_enabled(False):
+        for estimator in ("iwae", "dreg"):
+            elbo = TraceIWAE_ELBO(num_particles=2, estimator=estimator)
+            for method in (elbo.loss, elbo.loss_and_grads, elbo.differentiable_loss):
+                with pytest.warns(UserWarning, match="Encountered NaN: loss"):
+                    method(model, guide, x)

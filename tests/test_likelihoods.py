@@ -10,6 +10,7 @@ from scipy import integrate, special, stats
 
 from pyro_spvae.distributions import BinomialGrid, CategoricalGrid, DiscretizedLogistic, grid_values
 from pyro_spvae.nn import LIKELIHOODS, make_likelihood
+from pyro_spvae.nn.likelihoods import check_observations
 
 DT = torch.float64
 
@@ -321,3 +322,113 @@ def test_discretized_logistic_gradients_finite_at_extremes():
     lp.sum().backward()
     assert torch.isfinite(lp).all()
     assert torch.isfinite(loc.grad).all() and torch.isfinite(log_scale.grad).all()
+
+
+# ----------------------------------------------------------------------------- model-side use
+def test_gaussian_log_scale_mode():
+    """``scale="log_scale"``: the second input is the log standard deviation (SPVAE's leaf scales)."""
+    torch.manual_seed(0)
+    lik = make_likelihood("gaussian", (2, 3), scale="log_scale", min_scale=0.0)
+    assert lik.num_params == 2 and not list(lik.parameters())
+    loc, log_scale = torch.randn(4, 2, 3, dtype=DT), 0.3 * torch.randn(4, 2, 3, dtype=DT)
+    d = lik(torch.cat([loc, log_scale], -2))
+    x = torch.randn(4, 2, 3, dtype=DT)
+    ref = stats.norm.logpdf(x.numpy(), loc.numpy(), np.exp(log_scale.numpy())).reshape(4, -1).sum(-1)
+    np.testing.assert_allclose(d.log_prob(x).numpy(), ref, rtol=1e-10)
+    assert torch.equal(d.mean, loc)
+
+
+def test_validate_with_missing_values_batch_dims_and_dtype():
+    lik = make_likelihood("binomial", (1, 2, 2))
+    x = torch.tensor([0.0, 1.0, math.nan, 3 / 255]).reshape(1, 1, 2, 2)
+    assert lik.validate(x, batch_dims=1, allow_missing=True) is x
+    with pytest.raises(ValueError, match="NaN"):
+        lik.validate(x, batch_dims=1)
+    with pytest.raises(ValueError, match="empty batch"):
+        lik.validate(torch.zeros(0, 1, 2, 2), batch_dims=1)
+    with pytest.raises(ValueError, match=r"x has shape \(1, 1, 1, 2, 2\), expected \(B, 1, 2, 2\)"):
+        lik.validate(x.unsqueeze(0), batch_dims=1, allow_missing=True)
+    with pytest.raises(ValueError, match="x has dtype torch.float32, expected torch.float64"):
+        lik.validate(x, allow_missing=True, like=torch.zeros((), dtype=DT))
+    bad = torch.where(torch.isnan(x), x, x + 0.5 / 255)
+    with pytest.raises(ValueError, match=r"outside the support of the Binomial\(255\) leaf likelihood.*"
+                                         r"'spvae-discrete' transform"):
+        lik.validate(bad, allow_missing=True, what=f"{lik.label} leaf likelihood")
+    assert make_likelihood("bernoulli", (1,)).label == "Bernoulli" and lik.label == "Binomial(255)"
+
+
+def test_check_observations_fills_missing_entries():
+    x = torch.tensor([[0.5, math.nan], [math.nan, -2.0]])
+    same, observed = check_observations(x, (2,), batch_dims=1, allow_missing=True)
+    assert same is x and torch.equal(observed, torch.tensor([[0.5, 0.0], [0.0, -2.0]]))
+    full = torch.ones(2, 2)
+    assert check_observations(full, (2,))[1] is full
+    with pytest.raises(TypeError, match="y must be a torch.Tensor"):
+        check_observations([1.0], (1,), name="y")
+    with pytest.raises(ValueError, match="infinite"):
+        check_observations(torch.tensor([[math.inf, math.nan]]), (2,), allow_missing=True)
+
+
+# ----------------------------------------------------------------------------- reference heads
+# (the SPVAE reference code's likelihoods, Tan & Peharz 2019; see docs/spvae.md)
+def test_gaussian_precision_head_is_the_reference_density():
+    """mean = sigmoid(a), precision = 1 + g^2 per example and element:
+    log p = sum 0.5 log(prec / 2 pi) - 0.5 prec (x - mean)^2, with no epsilon and no clamp."""
+    from pyro_spvae.nn.likelihoods import precision_gaussian_log_lik
+
+    torch.manual_seed(0)
+    lik = make_likelihood("gaussian", (1, 3, 2), scale="precision", loc="sigmoid")
+    assert lik.num_params == 2 and lik.param_shape == (2, 3, 2) and not list(lik.parameters())
+    params = 4 * torch.randn(5, 2, 3, 2, dtype=DT)
+    x = torch.rand(5, 1, 3, 2, dtype=DT)
+    a, g = params[:, :1], params[:, 1:]
+    prec = 1 + g**2
+    dens = 0.5 * torch.log(prec / (2 * math.pi)) - 0.5 * prec * (x - torch.sigmoid(a)) ** 2
+    want = dens.flatten(1).sum(-1)
+    d = lik(params)
+    torch.testing.assert_close(d.log_prob(x), want, rtol=0, atol=1e-12)
+    assert bool((d.base_dist.scale <= 1).all()) and bool(((d.mean > 0) & (d.mean < 1)).all())
+    got = precision_gaussian_log_lik(x.flatten(1), torch.sigmoid(a).flatten(1), g.flatten(1))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    mask = torch.rand(5, 6) > 0.5  # masked-out entries contribute nothing
+    masked = precision_gaussian_log_lik(x.flatten(1), torch.sigmoid(a).flatten(1), g.flatten(1), mask)
+    torch.testing.assert_close(masked, (dens.flatten(1) * mask).sum(-1), rtol=0, atol=1e-12)
+    # "predicted" and identity means stay as they were
+    plain = make_likelihood("gaussian", (1, 3, 2), scale="predicted")(params)
+    torch.testing.assert_close(plain.mean, a)
+
+
+def test_squeezed_binomial_is_the_reference_log_pmf():
+    """p' = sigmoid(l)(1 - 2e) + e, log p = k log(e + p') + (n - k) log(e + 1 - p') + log C(n, k)."""
+    from pyro_spvae.nn.likelihoods import SqueezedBinomialGrid, squeezed_count_log_pmf
+
+    torch.manual_seed(0)
+    eps, n = 1e-7, 255
+    lik = make_likelihood("binomial", (1, 2, 2), eps=eps)
+    logits = 30 * torch.randn(4, 1, 2, 2, dtype=DT)  # saturated sigmoids: the squeeze matters
+    k = torch.randint(0, n + 1, (4, 1, 2, 2)).to(DT)
+    p = torch.sigmoid(logits) * (1 - 2 * eps) + eps
+    log_c = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+    want = k * torch.log(eps + p) + (n - k) * torch.log(eps + 1 - p) + log_c
+    d = lik(logits)
+    assert isinstance(d.base_dist, SqueezedBinomialGrid)
+    torch.testing.assert_close(d.log_prob(k / n), want.flatten(1).sum(-1), rtol=1e-12, atol=1e-6)
+    torch.testing.assert_close(squeezed_count_log_pmf(k, logits, n, eps), want, rtol=1e-12, atol=1e-6)
+    torch.testing.assert_close(d.mean, p)
+    assert d.sample().shape == (4, 1, 2, 2) and d.base_dist.expand((3, 4, 1, 2, 2)).eps == eps
+    # sums to 1 up to the squeeze (O(n eps)) over the 256 grid values
+    single = SqueezedBinomialGrid(n, logits=torch.tensor([-3.0, 0.0, 2.0], dtype=DT), eps=eps)
+    total = single.log_prob(grid_values(256, dtype=DT).reshape(-1, 1)).exp().sum(0)
+    torch.testing.assert_close(total, torch.ones(3, dtype=DT), rtol=0, atol=1e-4)
+    assert not isinstance(make_likelihood("binomial", (1, 2, 2))(logits).base_dist, SqueezedBinomialGrid)
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("gaussian", {"scale": "exp"}, "gaussian scale"),
+    ("gaussian", {"loc": "tanh"}, "gaussian loc"),
+    ("binomial", {"eps": 0.5}, "eps"),
+    ("binomial", {"eps": -1e-7}, "eps"),
+])
+def test_reference_head_options_are_checked(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_likelihood(name, (1, 2, 2), **kwargs)

@@ -14,7 +14,8 @@ from pyro_spvae.guides import (
     MixtureOfPPCAGuide,
     MixtureOfPPCAPosteriorGuide,
 )
-from pyro_spvae.models import MODELS, GlobalOffsetPPCA, LinearGaussianVAE, MixtureOfPPCA
+from pyro_spvae.models import GlobalOffsetPPCA, LinearGaussianVAE, MixtureOfPPCA
+from pyro_spvae.zoo import MODELS
 
 F64 = torch.float64
 

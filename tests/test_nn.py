@@ -172,7 +172,8 @@ def test_stacked_mlp_matches_loop_and_gradients():
 
 
 def test_stacked_mlp_spvae_leaf_size_and_errors():
-    # DESIGN §3: 32 leaf VAEs, softplus MLPs (30, 30), nz = 25 on 7x7 patches
+    # SPVAE reference code (Tan & Peharz 2019; docs/spvae.md): 32 leaf VAEs, softplus MLPs
+    # (30, 30), nz = 25 on 7x7 patches
     enc = StackedMLP(32, 49, (30, 30), 2 * 25)
     dec = StackedMLP(32, 25, (30, 30), 49)
     x = torch.rand(5, 2, 32, 49)
@@ -273,7 +274,7 @@ def test_stacked_conv_impl_auto_and_bad_impl():
     assert StackedConvDecoder(32, 25, (1, 7, 7), 1, channels=(8, 16)).use_matmul
     assert StackedConvEncoder(32, (1, 7, 7), 50, channels=(8, 16)).use_matmul
     assert not StackedConvDecoder(2, 4, (1, 28, 28), 1, channels=(16, 32)).use_matmul
-    with pytest.raises(ValueError, match="impl must be 'auto', 'matmul' or 'conv'"):
+    with pytest.raises(ValueError, match=r"unknown impl 'fft'; choose one of \['auto', 'conv', 'matmul'\]"):
         StackedConvDecoder(2, 4, (1, 7, 7), 1, impl="fft")
 
 
@@ -303,3 +304,112 @@ def test_stacked_conv_bad_input():
     dec = StackedConvDecoder(3, 4, (1, 7, 7), 1, channels=(4,))
     with pytest.raises(ValueError, match=r"expected \(\.\.\., 3, 4\)"):
         dec(torch.rand(2, 2, 4))
+
+
+# ----------------------------------------------------------------------------- reference options
+# (the SPVAE reference code, Tan & Peharz 2019: stride-1 conv leaves, transposed-conv output heads,
+# separate head networks and the TF1 initialisation; see docs/spvae.md)
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_conv_stride_and_spatial_sizes():
+    assert conv_spatial_sizes(7, 2, stride=1) == [7, 7, 7]
+    assert conv_spatial_sizes(32, 2) == [32, 16, 8]
+    assert conv_spatial_sizes(28, 2, stride=3) == [28, 10, 4]
+    with pytest.raises(ValueError, match="stride"):
+        ConvEncoder((1, 7, 7), 4, (4,), stride=4)
+    with pytest.raises(ValueError, match="out_layer"):
+        ConvDecoder(3, (1, 7, 7), 1, (4,), out_layer="dense")
+
+
+def test_reference_conv_leaf_networks():
+    """The reference's conv leaf VAE on a 7x7 patch: conv 4 -> conv 8 at stride 1 (7x7 kept),
+    dense 64, two heads of 25 (28,738 parameters); decoder dense 25 -> 392, transposed conv 8 -> 4
+    and two transposed-conv heads (10,558)."""
+    enc = ConvEncoder((1, 7, 7), 50, (4, 8), (64,), activation="softplus", stride=1, init="tf1")
+    dec = ConvDecoder(25, (1, 7, 7), 2, (4, 8), (), activation="softplus", stride=1, out_layer="deconv",
+                      init="tf1", heads=2)
+    assert enc.flat_dim == 392 and _count(enc) == 28_738 and _count(dec) == 10_558
+    assert dec.out_conv is None and dec.output_layer is dec.deconvs[-1]
+    assert dec(torch.randn(3, 5, 25)).shape == (3, 5, 2, 7, 7)
+    assert enc(torch.randn(3, 1, 7, 7)).shape == (3, 50)
+    # the conv-VAE decoder: 7x7x64 -> 14x14x32 -> transposed-conv heads to 28x28, no out_conv
+    vae_dec = ConvDecoder(200, (1, 28, 28), 2, (32, 64), (), out_layer="deconv")
+    assert vae_dec(torch.randn(4, 200)).shape == (4, 2, 28, 28) and len(vae_dec.deconvs) == 2
+    assert _count(vae_dec) == 649_378
+
+
+@pytest.mark.parametrize("impl", ["matmul", "conv"])
+@pytest.mark.parametrize("stride, out_layer", [(1, "deconv"), (2, "deconv"), (1, "conv")])
+def test_stacked_conv_options_match_separate_networks(impl, stride, out_layer):
+    torch.manual_seed(0)
+    n, ev = 3, (1, 7, 7)
+    encs = [ConvEncoder(ev, 6, (2, 3), (5,), "softplus", stride=stride).to(DT) for _ in range(n)]
+    decs = [ConvDecoder(4, ev, 2, (2, 3), (5,), "softplus", stride=stride, out_layer=out_layer).to(DT)
+            for _ in range(n)]
+    s_enc = StackedConvEncoder.from_modules(encs, impl=impl)
+    s_dec = StackedConvDecoder.from_modules(decs, impl=impl)
+    assert s_enc.stride == s_dec.stride == stride and s_dec.out_layer == out_layer
+    x, z = torch.rand(2, n, *ev, dtype=DT), torch.randn(2, n, 4, dtype=DT)
+    y_enc, y_dec = s_enc(x), s_dec(z)
+    for i in range(n):
+        torch.testing.assert_close(y_enc[:, i], encs[i](x[:, i]), rtol=0, atol=1e-10)
+        torch.testing.assert_close(y_dec[:, i], decs[i](z[:, i]), rtol=0, atol=1e-10)
+    torch.testing.assert_close(s_dec.forward_net_major(z.transpose(0, 1)), y_dec.flatten(-3).transpose(0, 1))
+
+
+def test_stacked_heads_concatenate_separate_stacked_networks():
+    from pyro_spvae.nn.stacked import StackedHeads
+
+    torch.manual_seed(0)
+    heads = [StackedMLP(4, 5, (6,), 3), StackedMLP(4, 5, (2,), 3)]
+    net = StackedHeads(heads, event_dims=1)
+    x = torch.randn(2, 7, 4, 5)
+    torch.testing.assert_close(net(x), torch.cat([h(x) for h in heads], -1))
+    xn = x.reshape(-1, 4, 5).transpose(0, 1)
+    a, b = net.forward_net_major_heads(xn)
+    torch.testing.assert_close(a, heads[0].forward_net_major(xn))
+    torch.testing.assert_close(net.forward_net_major(xn), torch.cat([a, b], -1))
+    with pytest.raises(ValueError, match="same number of nets"):
+        StackedHeads([StackedMLP(4, 5, (), 3), StackedMLP(3, 5, (), 3)])
+
+
+def test_separate_head_builders():
+    from pyro_spvae.nn.builders import SeparateHeads, build_decoder, build_encoder
+
+    enc = build_encoder("dense", (1, 4, 4), 6, (5,), heads="separate", num_heads=2)
+    assert isinstance(enc, SeparateHeads) and len(enc.nets) == 2
+    x = torch.rand(3, 1, 4, 4)
+    torch.testing.assert_close(enc(x), torch.cat([enc.nets[0](x), enc.nets[1](x)], -1))
+    dec = build_decoder("conv", 5, (2, 8, 8), (), channels=(3,), heads="separate", num_heads=2,
+                        out_layer="deconv")
+    z = torch.randn(3, 5)
+    assert dec(z).shape == (3, 2, 8, 8)
+    torch.testing.assert_close(dec(z)[:, 1:], dec.nets[1](z))
+    # a shared network's parameters do not depend on the number of (linear) heads
+    assert _count(build_decoder("dense", 5, (2, 8, 8), (7,), num_heads=2)) == 5 * 7 + 7 + 7 * 128 + 128
+    with pytest.raises(ValueError, match="equal blocks"):
+        build_encoder("dense", (1, 4, 4), 5, heads="separate", num_heads=2)
+    with pytest.raises(ValueError, match="unknown heads"):
+        build_encoder("dense", (1, 4, 4), 6, heads="split")
+
+
+def test_tf1_initialisation():
+    """He-truncated-normal dense kernels (std sqrt(2.6 / fan_in) before the 2-sigma truncation),
+    Glorot-uniform conv kernels (per group and head), zero biases; plain and stacked alike."""
+    torch.manual_seed(0)
+    stacked, layer = StackedLinear(8, 400, 300, init="tf1"), MLP(400, (300,), 10, init="tf1").layers[0]
+    with torch.no_grad():
+        for w, b in [(layer.weight, layer.bias), (stacked.weight, stacked.bias)]:
+            std = math.sqrt(2.6 / 400)
+            assert float(w.abs().max()) <= 2 * std and 0.8 * std < float(w.std()) < 0.95 * std
+            assert not b.any()
+    dec = StackedConvDecoder(4, 3, (1, 7, 7), 2, (5,), (), stride=1, out_layer="deconv", init="tf1", heads=2)
+    dec.requires_grad_(False)
+    head = dec.deconvs[-1]  # per net and head: 5 -> 1 channels, 3x3
+    bound = math.sqrt(6 / (9 * 5 + 9 * 1))
+    assert float(head.weight.abs().max()) <= bound and float(head.weight.abs().max()) > 0.9 * bound
+    assert not head.bias.any() and not dec.mlp.layers[0].bias.any()
+    with pytest.raises(ValueError, match="unknown init"):
+        MLP(3, (), 2, init="keras")

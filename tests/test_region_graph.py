@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from pyro_spvae.spn import RegionGraph, poon_domingos, random_binary_trees
+from pyro_spvae.spn import RegionGraph, poon_domingos, random_binary_trees, region_graph_from_spec
 
 
 def _check_structure(g: RegionGraph) -> None:
@@ -101,14 +101,20 @@ def test_random_binary_trees():
         ((0, 2), [((0, 2), ((0,), (2,)))], "root region must be exactly"),
         (range(2), [], "at least one partition"),
         (range(2), [((0, 1), ((0, 0), (1,)))], "more than once"),
-        (range(2), [((0, 1), ((-1,), (1,)))], "negative"),
-        (range(2), [((0, 1), ((0.5,), (1,)))], "non-integer"),
+        (range(2), [((0, 1), ((-1,), (1,)))], r"variable index .* must be an int in \[0, inf\], got -1"),
         (range(2), [((0, 1),)], "must be a pair"),
     ],
 )
 def test_region_graph_validation(root, partitions, match):
     with pytest.raises(ValueError, match=match):
         RegionGraph(root, partitions)
+
+
+@pytest.mark.parametrize("index", [0.5, True, "0"])
+def test_region_graph_non_integer_index(index):
+    # a wrong Python type is a TypeError (pyro_spvae.validation's rule)
+    with pytest.raises(TypeError, match="variable index of the left child of partition #0 must be an int"):
+        RegionGraph(range(2), [((0, 1), ((index,), (1,)))])
 
 
 def test_region_graph_event_shape_validation():
@@ -122,11 +128,11 @@ def test_region_graph_event_shape_validation():
     "kwargs, match",
     [
         (dict(shape=(4, 4), steps=0), "step"),
-        (dict(shape=(4, 0), steps=1), "grid size"),
+        (dict(shape=(4, 0), steps=1), r"shape\[1\] must be an int in \[1, inf\]"),
         (dict(shape=(4, 4), steps=[]), "at least one step"),
         (dict(shape=(4, 4), steps=[(2, 2, 2)]), "entries"),
         (dict(shape=(4, 4), steps=4), "no step"),
-        (dict(shape=(), steps=1), "at least one axis"),
+        (dict(shape=(), steps=1), "at least one dimension"),
     ],
 )
 def test_poon_domingos_validation(kwargs, match):
@@ -141,3 +147,38 @@ def test_poon_domingos_validation(kwargs, match):
 def test_random_binary_trees_validation(args, match):
     with pytest.raises(ValueError, match=match):
         random_binary_trees(*args)
+
+
+@pytest.mark.parametrize(
+    "fn, kwargs, match",
+    [
+        (poon_domingos, dict(shape=(4, 4.0), steps=1), r"shape\[1\] must be an int"),
+        (poon_domingos, dict(shape=(4, 4), steps=True), r"steps\[0\] must be an int"),
+        (poon_domingos, dict(shape=(4, 4), steps=[(2, "2")]), r"steps\[0\]\[1\] must be an int"),
+        (random_binary_trees, dict(num_vars=4.0, depth=1), "num_vars must be an int"),
+        (random_binary_trees, dict(num_vars=4, depth=True), "depth must be an int"),
+        (random_binary_trees, dict(num_vars=4, depth=1, seed=1.5), "seed must be an int"),
+    ],
+)
+def test_region_graph_builders_type_errors(fn, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        fn(**kwargs)
+
+
+def test_region_graph_from_spec():
+    g = region_graph_from_spec({"type": "poon_domingos", "steps": [4]}, (1, 8, 8))
+    assert g.event_shape == (8, 8) and g.num_leaf_regions == 4
+    r = region_graph_from_spec({"type": "random_binary_trees", "depth": 3, "seed": 1}, (1, 8, 8))
+    assert r.event_shape == (8, 8) and r.num_vars == 64
+    assert r.regions == random_binary_trees(64, 3, seed=1, event_shape=(8, 8)).regions
+    assert region_graph_from_spec({"type": "poon_domingos"}, (1, 28, 28)).num_leaf_regions == 16
+    with pytest.raises(ValueError, match="region_graph type"):
+        region_graph_from_spec({"type": "quadtree"}, (1, 8, 8))
+    with pytest.raises(ValueError, match="bad region graph arguments"):
+        region_graph_from_spec({"type": "poon_domingos", "bogus": 1}, (1, 8, 8))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        region_graph_from_spec({"type": "poon_domingos"}, (8, 8))
+    with pytest.raises(TypeError, match="spec must be a dict"):
+        region_graph_from_spec("poon_domingos", (1, 8, 8))
+    with pytest.raises(TypeError, match="depth must be an int"):
+        region_graph_from_spec({"type": "random_binary_trees", "depth": 2.5}, (1, 8, 8))

@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 
 from pyro_spvae.distributions import SumProductNetwork
-from pyro_spvae.spn import SPN, poon_domingos, random_binary_trees
+from pyro_spvae.spn import SPN, LeafScopes, poon_domingos, random_binary_trees
 
 NAN = float("nan")
 
@@ -321,9 +321,146 @@ def test_validation_errors():
     normal = SPN(random_binary_trees(2, 1), 2, "normal")
     with pytest.raises(ValueError, match="infinite"):
         SumProductNetwork(normal, validate_args=True).log_prob(torch.tensor([0.0, math.inf]))
-    with pytest.raises(ValueError, match="must be a pyro_spvae.spn.SPN"):
+    with pytest.raises(TypeError, match="must be a pyro_spvae.spn.SPN"):
         SumProductNetwork("spn")
     with pytest.raises(ValueError, match="leaf_log_prob must have shape"):
         SumProductNetwork(spn, leaf_log_prob=torch.zeros(2, 7, 3))
     with pytest.raises(ValueError, match="outside the leaves' support"):
         d.sample(evidence=torch.full((2, 3), 2.0))
+
+
+# ---------------------------------------------------------------- leaf scopes
+def test_leaf_scopes_gather_scatter_flat_and_images():
+    """One index/mask implementation: flat variables (factorised leaves) and images (SPVAE)."""
+    g = random_binary_trees(6, depth=2, seed=1, event_shape=(2, 3))  # unequal leaf regions: padding
+    flat = LeafScopes(g)
+    regions = g.regions[: g.num_leaf_regions]
+    assert flat.index.shape == flat.mask.shape == (len(regions), max(map(len, regions)))
+    assert flat.event_shape == (6,) and flat.patch_shape is None
+    x = torch.arange(12.0).reshape(2, 6)
+    values = flat.gather(x)  # (B, R, S)
+    for r, region in enumerate(regions):
+        torch.testing.assert_close(values[:, r, : len(region)], x[:, list(region)])
+    active = torch.ones(2, len(regions), dtype=torch.bool)
+    torch.testing.assert_close(flat.scatter(values, active), x)
+    x_nan = x.clone()
+    x_nan[0, 0] = NAN
+    got, obs = flat.gather_observed(x_nan)
+    assert obs is not None and obs.sum() == 11 and (got[~obs] == 0).all()
+    # images: every channel of a pixel belongs to the pixel's region; rectangles give patch_shape
+    img = LeafScopes(poon_domingos((4, 4), 2), (3, 4, 4))
+    assert img.patch_shape == (2, 2) and img.patch_numel == 12
+    xi = torch.randn(5, 3, 4, 4)
+    p = img.gather(xi)  # (B, R, C, S)
+    assert p.shape == (5, 4, 3, 4) and img.gather_observed(xi)[1] is None
+    torch.testing.assert_close(img.scatter(p, torch.ones(5, 4, dtype=torch.bool)), xi)
+    half = img.scatter(p, torch.tensor([[True, False, True, False]]).expand(5, 4))
+    assert torch.isnan(half).sum() == 5 * 3 * 8
+    two = img.per_component(p, 2)  # component l reads region l // 2
+    assert two.shape == (5, 8, 12) and torch.equal(two[:, 3], p[:, 1].flatten(-2))
+    torch.testing.assert_close(img.per_component(p, 2, leaf_major=True), two.transpose(0, 1))
+    with pytest.raises(ValueError, match="incompatible"):
+        LeafScopes(poon_domingos((4, 4), 2), (1, 5, 5))
+    with pytest.raises(TypeError, match="RegionGraph"):
+        LeafScopes("graph")
+
+
+def test_factorised_leaves_use_leaf_scopes():
+    spn = _bernoulli_rat_spn()
+    scopes = LeafScopes(spn.graph)
+    assert torch.equal(spn.leaves.index, scopes.index) and torch.equal(spn.leaves.mask, scopes.mask)
+
+
+# ---------------------------------------------------------------- callable leaves with a sampler
+def test_callable_leaves_event_shape_and_leaf_sampler():
+    """External leaves as a callable over images, with a sampler of the selected leaf components."""
+    torch.manual_seed(11)
+    g = poon_domingos((2, 2), 1)
+    ext = SPN(g, num_sums=2, leaves=None, num_leaf_components=2)
+    builtin = SPN(g, num_sums=2, leaves="bernoulli")
+    ext.load_state_dict({k: v for k, v in builtin.state_dict().items() if not k.startswith("leaves.")})
+
+    def leaf_lp(x):  # images (..., 1, 2, 2) -> (..., L, K)
+        return builtin.leaf_log_prob(x.reshape(*x.shape[:-3], 2, 2))
+
+    def sampler(k):  # (..., L) selected components -> images (..., 1, 2, 2)
+        flat = builtin.leaves.sample(k.reshape(-1, k.shape[-1]))
+        return flat.reshape(*k.shape[:-1], 1, 2, 2)
+
+    d = SumProductNetwork(ext, leaf_lp, batch_shape=(3,), event_shape=(1, 2, 2), leaf_sampler=sampler)
+    assert d.batch_shape == (3,) and d.event_shape == (1, 2, 2)
+    x = torch.bernoulli(torch.full((3, 1, 2, 2), 0.5))
+    x[0, 0, 0, 0] = NAN
+    torch.testing.assert_close(d.log_prob(x), builtin.log_prob(x.reshape(3, 2, 2)))
+    s = d.expand((2, 3)).sample((4,))
+    assert s.shape == (4, 2, 3, 1, 2, 2) and ((s == 0) | (s == 1)).all()
+    with pytest.raises(NotImplementedError, match="built-in leaves"):
+        d.sample(evidence=x)
+    with pytest.raises(ValueError, match="event_shape"):
+        SumProductNetwork(builtin, event_shape=(1, 2, 2))
+    with pytest.raises(TypeError, match="leaf_sampler"):
+        SumProductNetwork(ext, leaf_lp, leaf_sampler="sampler")
+
+
+# ---------------------------------------------------------------------------- issue 10: SPN.log_prob
+@pytest.mark.parametrize(
+    "leaves, kw, bad",
+    [
+        ("bernoulli", {}, [0.5, 2.99, -1.0, 300.0]),
+        ("categorical", {"num_categories": 3}, [0.5, 2.99, -1.0, 3.0, 300.0]),
+        ("binomial", {"total_count": 4}, [0.5, 5.0, -1.0]),
+    ],
+)
+def test_module_log_prob_validates_like_the_distribution(leaves, kw, bad):
+    """``SPN.log_prob`` gave a finite value for Bernoulli 0.5, read categorical 2.99 as 2, gave NaN
+    for Inf and an internal RuntimeError for a category of 300; it now refuses them with the
+    distribution view's checks (``check_spn_value``)."""
+    spn = SPN(random_binary_trees(4, 1, 2, seed=3), 2, leaves, **kw)
+    d = SumProductNetwork(spn)
+    good = torch.tensor([0.0, 1.0, NAN, 1.0])
+    torch.testing.assert_close(spn.log_prob(good), d.log_prob(good))
+    for value in [*bad, float("inf"), -float("inf")]:
+        x = good.clone()
+        x[1] = value
+        with pytest.raises(ValueError) as from_module:
+            spn.log_prob(x)
+        with pytest.raises(ValueError) as from_view:
+            d.log_prob(x)
+        assert str(from_module.value).removeprefix("x ") == str(from_view.value).removeprefix(
+            "SumProductNetwork value "), value
+    with pytest.raises(ValueError, match="floating-point"):
+        spn.log_prob(good.long())
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        spn.log_prob([0.0, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 4\)"):
+        spn.log_prob(torch.zeros(3))
+
+
+def test_module_log_prob_follows_the_validation_switch():
+    spn = SPN(random_binary_trees(4, 1, 2, seed=3), 2, "bernoulli")
+    x = torch.full((4,), 0.5)
+    pyro.enable_validation(False)
+    try:
+        assert torch.isfinite(spn.log_prob(x))  # unchecked, as distributions with validation off
+    finally:
+        pyro.enable_validation(True)
+    with pytest.raises(ValueError, match="outside the leaves' support"):
+        spn.log_prob(x)
+
+
+@pytest.mark.parametrize("leaves, kw", [("bernoulli", {}), ("categorical", {"num_categories": 3})])
+def test_sample_shapes_are_checked(leaves, kw):
+    spn = SPN(random_binary_trees(4, 1, 2, seed=3), 2, leaves, **kw)
+    d = SumProductNetwork(spn)
+    for shape, expected in (((0,), (0, 4)), ((2, 0), (2, 0, 4)), ((3,), (3, 4))):
+        assert d.sample(shape).shape == expected and spn.sample(shape).shape == expected
+    assert d.expand((5,)).sample((0,)).shape == (0, 5, 4)
+    with pytest.raises(ValueError, match=r"sample_shape\[0\] must be an int in \[0, inf\], got -1"):
+        d.sample((-1,))
+    with pytest.raises(TypeError, match="sample_shape"):
+        spn.sample((1.5,))
+    evidence = torch.tensor([NAN, 1.0, NAN, 300.0])
+    with pytest.raises(ValueError, match="evidence has entries outside the leaves' support"):
+        spn.sample((2,), evidence=evidence)
+    with pytest.raises(ValueError, match="evidence has entries outside the leaves' support"):
+        spn.mpe(evidence)

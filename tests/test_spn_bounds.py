@@ -21,7 +21,9 @@ from torch.distributions import constraints
 
 from pyro_spvae.infer import (
     SPNLeafELBO,
+    SPNLeafGuide,
     SPNLeafIWELBO,
+    SPNLeafModel,
     SPNRootIWELBO,
     spn_leaf_log_weights,
     spn_log_likelihood,
@@ -233,6 +235,41 @@ def test_streaming_log_likelihood_approaches_exact():
     assert (exact - one > (exact - est)).all()
 
 
+# Produced by spn_log_likelihood before issue 11 (default chunk_size=250; torch 2.13) with
+# torch.manual_seed(0), num_samples=3000, PPCASPN(), Guide(spn, exact=False) and _data(4, seed=2).
+_BEFORE = {
+    "leaf": [-8.295748710632, -7.145931243896, -6.388237476349, -7.878952980042],
+    "root": [-8.293108940125, -7.118622303009, -6.394598007202, -7.876428127289],
+}
+
+
+@pytest.mark.parametrize("method", ["leaf", "root"])
+def test_streaming_log_likelihood_same_as_before(method, monkeypatch):
+    """The previous chunk size draws the same samples and gives the same numbers; the automatic
+    pass shape, on other draws and with the examples split over passes, agrees within Monte Carlo
+    error (estimated from repeated runs)."""
+    from pyro_spvae.infer import log_likelihood
+
+    spn = PPCASPN()
+    x = _data(4, seed=2)
+    ref = torch.tensor(_BEFORE[method])
+    torch.manual_seed(0)
+    guide = Guide(spn, exact=False)
+    same = spn_log_likelihood(spn, guide, x, num_samples=3000, chunk_size=250, method=method)
+    torch.testing.assert_close(same, ref, rtol=0, atol=1e-5)
+    runs = []
+    for seed, budget in ((1, None), (2, 500 * 4 * 4), (3, 700 * 4 * 4), (4, None)):
+        if budget is not None:  # 500 or 700 rows of 4 float32 values: 1 or 2 examples per pass
+            monkeypatch.setitem(log_likelihood.PASS_BUDGET_BYTES, "cpu", budget)
+        torch.manual_seed(seed)
+        runs.append(spn_log_likelihood(spn, Guide(spn, exact=False), x, num_samples=3000, method=method))
+        monkeypatch.undo()
+    runs = torch.stack(runs)
+    sd = runs.std(0)
+    assert ((runs.mean(0) - ref).abs() < 5 * sd * math.sqrt(1 / 4 + 1) + 1e-3).all(), (runs, ref)
+    assert ((runs - ref).abs() > 0).any(1).all()  # other draws
+
+
 @pytest.mark.parametrize("bound", BOUNDS)
 def test_gradient_matches_exact_with_exact_posterior(bound):
     """With the exact guide the bound equals log p(x) as a function of the model parameters, so
@@ -295,8 +332,11 @@ def test_protocol_and_argument_errors():
         SPNLeafIWELBO(2).loss(lambda x: None, Guide(spn), x)
     with pytest.raises(TypeError, match="leaf_posterior"):
         SPNLeafIWELBO(2).loss(spn, lambda x: None, x)
-    for bad in (0, -1, 2.5, True):
+    for bad in (0, -1):
         with pytest.raises(ValueError, match="num_particles"):
+            SPNLeafIWELBO(bad)
+    for bad in (2.5, True):  # a wrong type is a TypeError (pyro_spvae.validation)
+        with pytest.raises(TypeError, match="num_particles"):
             SPNLeafIWELBO(bad)
     with pytest.raises(ValueError, match="num_samples"):
         spn_log_likelihood(spn, Guide(spn), x, num_samples=0)
@@ -304,3 +344,50 @@ def test_protocol_and_argument_errors():
         spn_log_likelihood(spn, Guide(spn), x, num_samples=2, method="middle")
     with pytest.raises(TypeError, match="one data argument"):
         SPNLeafIWELBO(2).loss(spn, Guide(spn), x, x)
+
+
+def test_protocols_are_exported_and_checked():
+    spn = PPCASPN()
+    assert isinstance(spn, SPNLeafModel) and isinstance(Guide(spn), SPNLeafGuide)
+    assert not isinstance(Guide(spn), SPNLeafModel) and not isinstance(spn, SPNLeafGuide)
+
+
+@pytest.mark.parametrize("bound", BOUNDS)
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_follows_pyro_elbo_contract(bound, vectorize):
+    """The base class's _get_traces yields one pair of K leaf particles (vectorised) or K pairs of
+    one (_get_trace); the traces' log-densities are the leaf log-weights; loss, differentiable_loss
+    and loss_and_grads agree on one draw."""
+    spn = PPCASPN(requires_grad=True)
+    guide = Guide(spn, exact=False)
+    x = _data()
+    k = 3
+    elbo = bound(num_particles=k, vectorize_particles=vectorize)
+    assert (elbo.num_particles, elbo.vectorize_particles) == (k, vectorize)
+    pyro.set_rng_seed(0)
+    traces = list(elbo._get_traces(spn, guide, (x,), {}))
+    assert len(traces) == (1 if vectorize else k)
+    for model_trace, guide_trace in traces:
+        z = guide_trace.nodes["spn_leaf_z"]["value"]
+        assert z.shape == ((k if vectorize else 1), 3, L, ZD)
+        log_w = spn.leaf_log_joint(x, z) - guide.leaf_posterior(x).log_prob(z)
+        diff = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+        torch.testing.assert_close(diff, log_w.sum(), rtol=1e-5, atol=1e-4)
+    losses = []
+    for f in (elbo.loss, lambda *a: elbo.differentiable_loss(*a).item(), elbo.loss_and_grads):
+        pyro.set_rng_seed(1)
+        losses.append(f(spn, guide, x))
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-6)
+    exact = bound(num_particles=k, vectorize_particles=vectorize).per_example_bound(spn, Guide(spn), x)
+    assert torch.allclose(exact, spn.exact_log_prob(x), atol=1e-4, rtol=0)
+
+
+def test_nan_loss_warns():
+    spn = PPCASPN()
+    x = _data()
+    x[0, 0] = math.nan
+    with pyro.validation_enabled(False):
+        elbo = SPNLeafIWELBO(2)
+        for method in (elbo.loss, elbo.loss_and_grads, elbo.differentiable_loss):
+            with pytest.warns(UserWarning, match="Encountered NaN: loss"):
+                method(spn, Guide(spn, exact=False), x)

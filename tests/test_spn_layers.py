@@ -119,8 +119,30 @@ def test_bad_inputs():
         spn(torch.zeros(g.num_leaf_regions, 2), mode="avg")
     with pytest.raises(ValueError, match="external leaves"):
         spn.log_prob(torch.zeros(6))
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match=r"num_in must be an int in \[1, inf\]"):
         EinsumLayer(torch.tensor([0]), torch.tensor([1]), 0, 2)
+    with pytest.raises(TypeError, match="num_out must be an int"):
+        EinsumLayer(torch.tensor([0]), torch.tensor([1]), 2, 2.0)
+    with pytest.raises(ValueError, match=r"num_out must be an int in \[1, inf\]"):
+        MixingLayer(torch.tensor([[0, 1]]), 0)
+    with pytest.raises(TypeError, match="RegionGraph"):
+        SPN("graph")
+    with pytest.raises(TypeError, match="num_sums must be an int"):
+        SPN(g, 2.0)
+    with pytest.raises(TypeError, match="init_std must be a real number"):
+        SPN(g, 2, init_std=True)
+    with pytest.raises(ValueError, match="init_std must be a finite number"):
+        SPN(g, 2, init_std=float("nan"))
+    with pytest.raises(ValueError, match="unknown leaves 'poisson'"):
+        SPN(g, 2, leaves="poisson")
+    with pytest.raises(TypeError, match="leaves must be a name"):
+        SPN(g, 2, leaves=3)
+    with pytest.raises(ValueError, match="invalid arguments for 'categorical' leaves"):
+        SPN(g, 2, leaves="categorical")
+    with pytest.raises(ValueError, match="invalid arguments for 'bernoulli' leaves"):
+        SPN(g, 2, leaves="bernoulli", bogus=1)
+    with pytest.raises(TypeError, match="leaf_log_prob must be a torch.Tensor"):
+        spn([[0.0]])
 
 
 LEAF_CASES = {

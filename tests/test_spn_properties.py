@@ -1,5 +1,6 @@
 """Property tests: SPN construction with random (often invalid) hyper-parameters raises only the
-documented ``ValueError``; valid ones give normalised networks."""
+documented ``TypeError`` (wrong type) or ``ValueError`` (wrong value); valid ones give normalised
+networks."""
 
 import itertools
 
@@ -45,7 +46,7 @@ def test_random_spn_construction(num_vars, depth, reps, seed, num_sums, num_leaf
     try:
         g = random_binary_trees(num_vars, depth, reps, seed=seed)
         spn = SPN(g, num_sums=num_sums, num_leaf_components=num_leaf)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: wrong type, ValueError: wrong value
         return
     assert isinstance(num_vars, int) and 2 <= num_vars and 2**depth <= num_vars
     assert isinstance(num_sums, int) and num_sums > 0
@@ -63,7 +64,7 @@ def test_poon_domingos_spn_construction(shape, steps, num_sums):
     try:
         g = poon_domingos(shape, steps)
         spn = SPN(g, num_sums=num_sums)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: wrong type, ValueError: wrong value
         return
     assert g.num_partitions >= 1 and all(s > 0 for s in g.event_shape)
     if g.num_vars <= 8:
@@ -91,7 +92,7 @@ def test_leaf_arguments(data):
     g = random_binary_trees(4, 1, seed=0)
     try:
         spn = SPN(g, 2, leaves=leaves, **kwargs)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: wrong type, ValueError: wrong value
         return
     if leaves is not None:
         assert torch.isfinite(spn.log_prob(torch.full((4,), float("nan")))).all()
@@ -117,5 +118,5 @@ def test_property_tests_exercised_valid_configurations():
 
 
 def test_bad_graph_type():
-    with pytest.raises(ValueError, match="RegionGraph"):
+    with pytest.raises(TypeError, match="RegionGraph"):
         SPN("graph")

@@ -7,7 +7,9 @@ marginals ``p(x_R) = N(b_l, W_l W_l^T + diag s_l^2)`` and posteriors are exact, 
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
+from pyro_spvae.distributions import LeafPosterior, LeafPrior, SumProductNetwork, gaussian_quad_form
 from pyro_spvae.guides import SPVAEGuide
 from pyro_spvae.infer import (
     SPNLeafELBO,
@@ -27,12 +30,12 @@ from pyro_spvae.infer import (
     log_marginal_likelihood,
     spn_log_likelihood,
 )
-from pyro_spvae.models import MODELS, SPVAE
-from pyro_spvae.models.spvae import build_spvae
+from pyro_spvae.models import SPVAE
 from pyro_spvae.nn.conv import ConvDecoder, ConvEncoder
 from pyro_spvae.nn.mlp import MLP
 from pyro_spvae.nn.stacked import StackedConvDecoder, StackedConvEncoder, StackedMLP
 from pyro_spvae.spn import poon_domingos, random_binary_trees
+from pyro_spvae.zoo import MODELS, build_spvae
 
 SMALL = (1, 4, 4)
 
@@ -53,7 +56,7 @@ def _pca_params(model: SPVAE, x: torch.Tensor):
     lin = model.decoder.layers[0]
     W, b = lin.weight, lin.bias
     s2 = torch.exp(2 * model.log_scale).reshape(model.num_leaves, -1)
-    patches = model._leaf_patches(x).reshape(x.shape[0], model.num_leaves, -1)
+    patches = model.scopes.gather(x).repeat_interleave(model.leaf_k, 1).flatten(-2)  # (B, L, P)
     return W, b, s2, patches
 
 
@@ -149,7 +152,7 @@ def test_exact_posterior_with_missing_pixels():
 
 
 def test_pyro_model_has_the_spn_marginal():
-    """DESIGN §3: the plain Pyro model (all leaf latents from the prior, x from the SPN of decoders)
+    """``docs/spvae.md``: the plain Pyro model (all leaf latents from the prior, x from the SPN of decoders)
     has the same marginal. Importance sampling on the Pyro model's traces with a defensive proposal
     (per leaf: half prior, half exact leaf posterior, so every weight is at most 2^L p(x)) converges
     to the exact log p(x); the plain Trace_ELBO with the exact leaf posteriors stays below it."""
@@ -515,15 +518,13 @@ def test_random_bad_x_gets_only_documented_errors(batch, likelihood, allow_missi
 
 # ---------------------------------------------------------------- fast paths equal the plain formulas
 def test_fused_gaussian_quadratic_form_gradcheck():
-    from pyro_spvae.models.spvae import _GaussianQuadForm
-
     torch.manual_seed(0)
     x = torch.randn(3, 1, 4, 6, dtype=torch.float64, requires_grad=True)
     mu = torch.randn(3, 2, 4, 6, dtype=torch.float64, requires_grad=True)
     s = torch.randn(3, 1, 1, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_GaussianQuadForm.apply, (x, mu, s))
+    assert torch.autograd.gradcheck(gaussian_quad_form, (x, mu, s))
     ref = -0.5 * (((x - mu) * torch.exp(-s)) ** 2).sum(-1)
-    assert torch.allclose(_GaussianQuadForm.apply(x, mu, s), ref, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(gaussian_quad_form(x, mu, s), ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli", "binomial"])
@@ -537,11 +538,11 @@ def test_leaf_major_leaf_log_lik_matches_generic_path(likelihood, missing):
         x = torch.randint(0, 2, (3, *SMALL)).double()
         if missing:
             x[0, 0, 1, :] = math.nan
-        z = torch.randn(2, 3, model.num_leaves, 2, dtype=torch.float64)
-        fast = model.leaf_log_lik(x, z)
-        model.arch = "conv"  # forces the generic path; the decoder is the same StackedMLP
+        z = torch.randn(2, 1, model.num_leaves, 2, dtype=torch.float64)
+        # z with the batch of x takes the leaf-major path; z broadcasting against it the generic one
+        fast = model.leaf_log_lik(x, z.expand(2, 3, -1, -1))
         slow = model.leaf_log_lik(x, z)
-        model.arch = "dense"
+        assert fast.shape == slow.shape == (2, 3, model.num_leaves)
         w = torch.linspace(0.5, 1.5, fast.numel(), dtype=torch.float64).view_as(fast)
         params = list(model.parameters())
         g_fast = torch.autograd.grad((fast * w).sum(), params, allow_unused=True)
@@ -563,7 +564,7 @@ def test_site_distributions_match_normal():
     ref_q = dist.Normal(q.loc, q.scale).to_event(2)
     ref_p = dist.Normal(0.0, 1.0).expand(z.shape).to_event(2)
     params = list(guide.parameters())
-    lq = q.log_prob(z)  # the cached fast path (z is the value just drawn)
+    lq = q.log_prob(z)  # the fused quadratic form, differentiated through z
     for a, b in zip(torch.autograd.grad(lq.sum(), params, retain_graph=True),
                     torch.autograd.grad(ref_q.log_prob(z).sum(), params, retain_graph=True)):
         assert torch.allclose(a, b, atol=1e-5)
@@ -574,3 +575,118 @@ def test_site_distributions_match_normal():
     assert torch.allclose(kl, torch.distributions.kl_divergence(ref_q, ref_p), atol=1e-4)
     assert torch.allclose(q.entropy(), ref_q.entropy(), atol=1e-4)
     assert math.isfinite(TraceMeanField_ELBO().loss(model, guide, x))
+
+
+# ---------------------------------------------------------------- sites and layering
+def test_sites_use_the_public_distributions_and_sample_through_the_model():
+    """Site ``z`` is a LeafPrior (model) / LeafPosterior (guide); site ``x`` is the package's one SPN
+    distribution with the leaf VAEs as callable leaves, and drawing from it decodes the given z."""
+    torch.manual_seed(4)
+    model, guide = build_spvae(SMALL, region_graph=poon_domingos((4, 4), 2), z_dim=2, hidden=(3,),
+                               likelihood="bernoulli")
+    x = torch.bernoulli(torch.full((3, *SMALL), 0.5))
+    x[0, 0, 0, 0] = math.nan
+    gtr = pyro.poutine.trace(guide).get_trace(x)
+    mtr = pyro.poutine.trace(pyro.poutine.replay(model, gtr)).get_trace(x)
+    assert isinstance(gtr.nodes["z"]["fn"], LeafPosterior) and isinstance(mtr.nodes["z"]["fn"], LeafPrior)
+    d = mtr.nodes["x"]["fn"]
+    assert isinstance(d, SumProductNetwork) and d.batch_shape == (3,) and d.event_shape == SMALL
+    z = gtr.nodes["z"]["value"]
+    want = model.spn_log_value(model.leaf_log_lik(x, z))
+    assert torch.allclose(d.log_prob(x), want) and torch.isfinite(want).all()
+    s = d.sample((2,))
+    assert s.shape == (2, 3, *SMALL) and ((s == 0) | (s == 1)).all()
+    free = pyro.poutine.trace(pyro.poutine.uncondition(model)).get_trace(x)
+    assert free.nodes["x"]["value"].shape == (3, *SMALL)
+
+
+def test_guide_imports_nothing_from_models():
+    tree = ast.parse((Path(__file__).parents[1] / "guides" / "spvae.py").read_text())
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert modules and not [m for m in modules if "models" in m], modules
+
+
+# ----------------------------------------------------------------------------- reference leaves
+# (the SPVAE reference code's leaf VAEs, Tan & Peharz 2019: predicted precision 1 + g^2 with a sigmoid
+# mean, squeezed Binomial, separate heads for dense leaves; see docs/spvae.md and the paper-* presets)
+REFERENCE_LEAVES = {
+    "dense": dict(arch="dense", hidden=(4,), decoder_heads="separate", encoder_heads="separate"),
+    "conv": dict(arch="conv", hidden=(), guide_hidden=(5,), channels=(2, 3), stride=1, out_layer="deconv"),
+}
+REFERENCE_LIKELIHOODS = {
+    "gaussian": {"scale": "precision", "loc": "sigmoid"},
+    "binomial": {"eps": 1e-7},
+}
+
+
+def _reference_spvae(arch, likelihood):
+    torch.manual_seed(0)
+    model, guide = build_spvae((1, 6, 6), region_graph=poon_domingos((6, 6), 3), z_dim=2, init="tf1",
+                               posterior_scale="precision", likelihood=likelihood,
+                               likelihood_kwargs=REFERENCE_LIKELIHOODS[likelihood], **REFERENCE_LEAVES[arch])
+    return model.double(), guide.double()
+
+
+def _reference_data(likelihood, n=3):
+    k = torch.randint(0, 256, (n, 1, 6, 6), generator=torch.Generator().manual_seed(3)).double()
+    return k / 255 if likelihood == "binomial" else (k + 0.5) / 256
+
+
+@pytest.mark.parametrize("arch", ["dense", "conv"])
+@pytest.mark.parametrize("likelihood", ["gaussian", "binomial"])
+def test_reference_leaves_are_the_reference_densities(arch, likelihood):
+    """Every leaf's log-likelihood equals the reference formula on its patch, on the leaf-major
+    path and the generic one (values and gradients), and the guide's scale is 1 / sqrt(1 + f^2)."""
+    model, guide = _reference_spvae(arch, likelihood)
+    assert model.num_params == (2 if likelihood == "gaussian" else 1) and not hasattr(model, "log_scale")
+    x = _reference_data(likelihood)
+    z, log_q = guide.leaf_rsample(x, 4)  # (4, B, L, z)
+    torch.testing.assert_close(log_q, guide.leaf_posterior(x).log_prob(z), rtol=1e-10, atol=1e-10)
+    assert bool((guide.leaf_posterior(x).base_dist.scale <= 1).all())
+    z = z[:, :1]  # (4, 1, L, z): broadcast against the batch (generic path) or expanded (leaf-major)
+    fast, slow = model.leaf_log_lik(x, z.expand(4, 3, -1, -1)), model.leaf_log_lik(x, z)
+    p = model.scopes.per_component(model.scopes.gather(x), model.leaf_k)  # (B, L, 9)
+    params = model.decode(z).flatten(-2).chunk(model.num_params, -1)
+    if likelihood == "gaussian":
+        prec = 1 + params[1] ** 2
+        dens = 0.5 * torch.log(prec / (2 * math.pi)) - 0.5 * prec * (p - torch.sigmoid(params[0])) ** 2
+        want = dens.sum(-1)
+    else:
+        k, q, e = (p * 255).round(), torch.sigmoid(params[0]) * (1 - 2e-7) + 1e-7, 1e-7
+        log_c = math.lgamma(256) - torch.lgamma(k + 1) - torch.lgamma(256 - k)
+        want = (k * torch.log(e + q) + (255 - k) * torch.log(e + 1 - q) + log_c).sum(-1)
+    assert fast.shape == slow.shape == want.shape == (4, 3, model.num_leaves)
+    torch.testing.assert_close(fast, want, rtol=1e-9, atol=1e-6)
+    torch.testing.assert_close(slow, want, rtol=1e-9, atol=1e-6)
+    grads = [torch.autograd.grad(out.sum(), list(model.decoder.parameters())) for out in (fast, slow)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("arch", ["dense", "conv"])
+def test_reference_leaves_train_sample_and_inpaint(arch):
+    model, guide = _reference_spvae(arch, "gaussian")
+    x = _reference_data("gaussian", n=4)
+    loss = SPNLeafIWELBO(5).differentiable_loss(model, guide, x)
+    loss.backward()
+    assert math.isfinite(float(loss.detach()))
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    images = model.sample(3)
+    assert images.shape == (3, 1, 6, 6) and torch.isfinite(images).all()
+    holed = x.clone()
+    holed[:, :, :3] = math.nan
+    filled = model.inpaint(holed, guide, num_samples=4)
+    assert torch.isfinite(filled).all() and torch.equal(filled[:, :, 3:], x[:, :, 3:])
+
+
+def test_reference_leaf_options_are_checked():
+    with pytest.raises(ValueError, match="likelihood options"):
+        SPVAE(SMALL, poon_domingos((4, 4), 2), likelihood="bernoulli", likelihood_kwargs={"eps": 1e-7})
+    with pytest.raises(ValueError, match="gaussian leaf scale"):
+        SPVAE(SMALL, poon_domingos((4, 4), 2), likelihood_kwargs={"scale": "global"})
+    with pytest.raises(ValueError, match="decoder_heads"):
+        SPVAE(SMALL, poon_domingos((4, 4), 2), decoder_heads="both")
+    model = SPVAE(SMALL, poon_domingos((4, 4), 2))
+    with pytest.raises(ValueError, match="encoder_heads"):
+        SPVAEGuide.from_model(model, encoder_heads="both")

@@ -5,6 +5,8 @@ Uses a tiny self-contained model/guide so the trainer is tested independently of
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 
@@ -18,7 +20,11 @@ from torch import nn
 
 from pyro_spvae.training import (
     DistributedContext,
+    EarlyStopping,
     NonFiniteError,
+    Schedule,
+    StepOptions,
+    TrainConfig,
     Trainer,
     load_checkpoint,
     make_elbo,
@@ -79,23 +85,31 @@ class NoisyData:
         return self.x[idx] + self.noise * torch.randn(idx.shape[0], D, generator=generator)
 
 
+def _group(cls, kw: dict) -> dict:
+    """The keywords of ``kw`` that are fields of the settings class ``cls`` (removed from ``kw``)."""
+    return {f.name: kw.pop(f.name) for f in dataclasses.fields(cls) if f.name in kw}
+
+
 def make_trainer(
     tmp_path=None, *, seed: int = 0, data=None, valid=None, model=None, guide=None, **kw
 ) -> Trainer:
+    """A trainer of the tiny model; ``kw`` holds fields of the settings groups (``steps``,
+    ``patience``, ``shards``, ...) and ``elbo``/``optim``."""
     pyro.clear_param_store()
     torch.manual_seed(123)  # identical initialisation across trainers
     model = model or TinyModel()
     guide = guide or TinyGuide()
-    kw.setdefault("batch_size", 8)
-    kw.setdefault("max_steps", 12)
+    schedule = Schedule(**{"batch_size": 8, "steps": 12, **_group(Schedule, kw)})
     return Trainer(
         model,
         guide,
         kw.pop("elbo", Trace_ELBO()),
         kw.pop("optim", make_optimizer(1e-2)),
         data or NoisyData(),
+        schedule,
         valid_data=valid,
-        seed=seed,
+        early_stopping=EarlyStopping(**_group(EarlyStopping, kw)),
+        options=StepOptions(seed=seed, **_group(StepOptions, kw)),
         out_dir=tmp_path,
         progress=False,
         **kw,
@@ -110,7 +124,7 @@ def params_of(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def test_fit_reduces_loss_and_writes_metrics(tmp_path):
     t = make_trainer(
-        tmp_path, max_steps=None, max_epochs=30, eval_every=25, log_every=5, valid=NoisyData(16, 2)
+        tmp_path, steps=None, epochs=30, eval_every=25, log_every=5, valid=NoisyData(16, 2)
     )
     before = t.evaluate()
     result = t.fit()
@@ -147,7 +161,7 @@ def test_step_divides_by_global_batch_and_matches_manual_gradient():
             pass
 
     x = torch.randn(10, D)
-    t = make_trainer(model=Mean(), guide=Empty(), optim=make_optimizer(0.1), batch_size=10, max_steps=1)
+    t = make_trainer(model=Mean(), guide=Empty(), optim=make_optimizer(0.1), batch_size=10, steps=1)
     loss = t.step(x)
     expected_loss = -dist.Normal(torch.zeros(D), 1.0).log_prob(x).sum() / 10
     assert loss == pytest.approx(float(expected_loss), rel=1e-6)
@@ -181,9 +195,9 @@ def test_sharded_step_equals_full_batch_for_deterministic_objective(num_shards):
         t = make_trainer(
             model=GlobalModel(),
             guide=DeltaGuide(),
-            num_shards=shards,
+            shards=shards,
             data=NoisyData(noise=0.0),
-            max_steps=5,
+            steps=5,
             optim=make_optimizer(0.05),
         )
         t.fit()
@@ -208,19 +222,19 @@ def test_shards_for_rank_partition():
 
 def test_resume_after_crash_is_bit_identical(tmp_path):
     """Crash (KeyboardInterrupt) mid-run after a mid-epoch checkpoint; a new trainer resumes it."""
-    ref = make_trainer(None, max_steps=13, valid=NoisyData(16, 2), eval_every=4)
+    ref = make_trainer(None, steps=13, valid=NoisyData(16, 2), eval_every=4)
     ref.fit()
     expected = params_of(ref)
 
     # 40 examples / batch 8 = 5 steps per epoch; checkpoints every 4 steps (mid-epoch at 4, 8, 12).
     crashing = make_trainer(
-        tmp_path, max_steps=13, valid=NoisyData(16, 2), eval_every=4, data=NoisyData(fail_at=11)
+        tmp_path, steps=13, valid=NoisyData(16, 2), eval_every=4, data=NoisyData(fail_at=11)
     )
     with pytest.raises(KeyboardInterrupt):
         crashing.fit()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 8
 
-    resumed = make_trainer(tmp_path, max_steps=13, valid=NoisyData(16, 2), eval_every=4)
+    resumed = make_trainer(tmp_path, steps=13, valid=NoisyData(16, 2), eval_every=4)
     assert resumed.resume()
     assert resumed.step_count == 8
     resumed.fit()
@@ -234,16 +248,16 @@ def test_resume_after_crash_is_bit_identical(tmp_path):
 
 
 def test_resume_refuses_mismatched_seed(tmp_path):
-    make_trainer(tmp_path, max_steps=2, eval_every=2).fit()
-    other = make_trainer(tmp_path, seed=1, max_steps=4, eval_every=2)
+    make_trainer(tmp_path, steps=2, eval_every=2).fit()
+    other = make_trainer(tmp_path, seed=1, steps=4, eval_every=2)
     with pytest.raises(ValueError, match="seed=0"):
         other.resume()
 
 
 def test_nonfinite_guard_raises_with_step_and_keeps_last_good_checkpoint(tmp_path):
-    t = make_trainer(tmp_path, max_steps=10, eval_every=2)
+    t = make_trainer(tmp_path, steps=10, eval_every=2)
     t.fit()
-    t2 = make_trainer(tmp_path, max_steps=20, eval_every=2)
+    t2 = make_trainer(tmp_path, steps=20, eval_every=2)
     t2.resume()
     good = load_checkpoint(tmp_path / "checkpoint.pt")
     t2.model.poison = True
@@ -263,7 +277,7 @@ def test_nonfinite_guard_skip_mode(tmp_path):
             super().forward(x)
 
     model = SometimesPoisoned()
-    t = make_trainer(tmp_path, model=model, max_steps=9, eval_every=3, on_nonfinite="skip", log_every=9)
+    t = make_trainer(tmp_path, model=model, steps=9, eval_every=3, on_nonfinite="skip", log_every=9)
     model.trainer = t
     result = t.fit()
     assert result.skipped_steps == 3  # steps 2, 5, 8
@@ -273,29 +287,29 @@ def test_nonfinite_guard_skip_mode(tmp_path):
 
     always = TinyModel()
     always.poison = True
-    t = make_trainer(model=always, max_steps=9, on_nonfinite="skip", max_consecutive_skips=2)
+    t = make_trainer(model=always, steps=9, on_nonfinite="skip", max_consecutive_skips=2)
     with pytest.raises(NonFiniteError, match="3 consecutive steps skipped"):
         t.fit()
-    assert t.skipped_steps == 2
+    assert t.guard.skipped_steps == 2
 
 
 def test_early_stopping_with_patience(tmp_path):
     # Learning rate 0: validation never improves after the first check.
     t = make_trainer(
-        tmp_path, max_steps=100, eval_every=2, patience=3, valid=NoisyData(16, 2), optim=make_optimizer(1e-12)
+        tmp_path, steps=100, eval_every=2, patience=3, valid=NoisyData(16, 2), optim=make_optimizer(1e-12)
     )
     result = t.fit()
     assert result.stopped_early
     assert result.step == 2 * (1 + 3)
     assert result.best_step == 2
     # A resumed early-stopped run does not train further.
-    again = make_trainer(tmp_path, max_steps=100, eval_every=2, patience=3, valid=NoisyData(16, 2))
+    again = make_trainer(tmp_path, steps=100, eval_every=2, patience=3, valid=NoisyData(16, 2))
     assert again.resume() and again.fit().step == result.step
 
 
 def test_learning_rate_decays_on_plateau(tmp_path):
     # Learning rate ~0: validation never improves after the first check (steps 2, 4, ..., 14).
-    t = make_trainer(tmp_path, max_steps=14, eval_every=2, lr_decay=0.5, lr_patience=2,
+    t = make_trainer(tmp_path, steps=14, eval_every=2, lr_decay=0.5, lr_patience=2,
                      valid=NoisyData(16, 2), optim=make_optimizer(1e-12, group_lrs={r"^enc\.": 4e-12}))
     result = t.fit()
     assert not result.stopped_early and result.best_step == 2
@@ -306,11 +320,11 @@ def test_learning_rate_decays_on_plateau(tmp_path):
     assert lrs[6] == lrs[8] == [0.5e-12, 2e-12]
     assert lrs[10] == lrs[12] == [0.25e-12, 1e-12]
     assert lrs[14] == [0.125e-12, 0.5e-12]
-    assert t.lr_scale == 0.125 and load_checkpoint(tmp_path / "checkpoint.pt")["lr_scale"] == 0.125
+    assert t.plateau.lr_scale == 0.125 and load_checkpoint(tmp_path / "checkpoint.pt")["lr_scale"] == 0.125
 
 
 def test_min_rel_improvement_ignores_noise_level_gains(tmp_path):
-    t = make_trainer(tmp_path, max_steps=100, eval_every=2, patience=3, lr_decay=0.5, lr_patience=2,
+    t = make_trainer(tmp_path, steps=100, eval_every=2, patience=3, lr_decay=0.5, lr_patience=2,
                      min_rel_improvement=1e-3, valid=NoisyData(16, 2))
     losses = iter([100.0, 99.95, 99.9, 99.0, 98.99, 98.98, 98.97, 98.96])
     t.evaluate = lambda *a, **k: next(losses)
@@ -319,31 +333,31 @@ def test_min_rel_improvement_ignores_noise_level_gains(tmp_path):
     # noise-level gains end the run, while best.pt still follows the lowest loss
     assert result.stopped_early and result.step == 2 * 7
     assert result.best_step == 14 and result.best_valid_loss == 98.97
-    assert t.lr_scale == 0.25  # decayed after 99.9 and after 98.98 (two checks without gain each)
+    assert t.plateau.lr_scale == 0.25  # decayed after 99.9 and after 98.98 (two checks without gain each)
     # slow steady progress adds up: measured from the last counted improvement, every second
     # 0.06% step makes a 0.12% gain that counts (measured from the previous check, none would)
-    t = make_trainer(tmp_path / "creep", max_steps=10, eval_every=2, patience=3, min_rel_improvement=1e-3,
+    t = make_trainer(tmp_path / "creep", steps=10, eval_every=2, patience=3, min_rel_improvement=1e-3,
                      valid=NoisyData(16, 2))
     losses = iter([100.0, 99.94, 99.88, 99.82, 99.76])
     t.evaluate = lambda *a, **k: next(losses)
-    assert not t.fit().stopped_early and t.ref_valid_loss == 99.76 and t.bad_checks == 0
+    assert not t.fit().stopped_early and t.plateau.ref_valid_loss == 99.76 and t.plateau.bad_checks == 0
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 14
 
 
 def test_learning_rate_decay_resumes_exactly(tmp_path):
     # a large step size overshoots: the validation loss stops improving now and then
     def trainer(path, steps):
-        return make_trainer(path, max_steps=steps, eval_every=1, lr_decay=0.5, lr_patience=1,
+        return make_trainer(path, steps=steps, eval_every=1, lr_decay=0.5, lr_patience=1,
                             valid=NoisyData(16, 2), optim=make_optimizer(0.3))
 
     ref = trainer(None, 20)
     ref.fit()
-    assert ref.lr_scale < 1  # the validation loss plateaus at least once
+    assert ref.plateau.lr_scale < 1  # the validation loss plateaus at least once
     trainer(tmp_path, 10).fit()
     resumed = trainer(tmp_path, 20)
     assert resumed.resume() and resumed.step_count == 10
     resumed.fit()
-    assert resumed.lr_scale == ref.lr_scale and resumed.current_lr() == ref.current_lr()
+    assert resumed.plateau.lr_scale == ref.plateau.lr_scale and resumed.current_lr() == ref.current_lr()
     expected, got = params_of(ref), params_of(resumed)
     for k in expected:
         assert torch.equal(got[k], expected[k]), k
@@ -351,7 +365,7 @@ def test_learning_rate_decay_resumes_exactly(tmp_path):
 
 def test_group_learning_rates_apply_by_name():
     optim = make_optimizer(1e-3, group_lrs={r"^enc\.": 1e-2})
-    t = make_trainer(optim=optim, max_steps=1)
+    t = make_trainer(optim=optim, steps=1)
     t.fit()
     lrs = {pyro.get_param_store().param_name(p): o.param_groups[0]["lr"] for p, o in optim.optim_objs.items()}
     assert lrs["enc.weight"] == lrs["enc.bias"] == 1e-2
@@ -361,28 +375,87 @@ def test_group_learning_rates_apply_by_name():
 
 def test_works_with_other_elbos():
     for name in ("meanfield", "renyi"):
-        t = make_trainer(elbo=make_elbo(name, num_particles=3), max_steps=3)
+        t = make_trainer(elbo=make_elbo(name, num_particles=3), steps=3)
         assert math.isfinite(t.fit().train_loss)
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-        ({"batch_size": 100}, "exceeds the 40 training examples"),
-        ({"max_steps": None}, "give max_steps or max_epochs"),
-        ({"on_nonfinite": "ignore"}, "on_nonfinite must be"),
-        ({"num_shards": 9}, "exceeds batch_size"),
-        ({"eval_every": 1.5}, "eval_every must be an integer"),
-        ({"lr_decay": 1.0}, r"lr_decay must be a number in \(0, 1\)"),
-        ({"lr_decay": 0}, r"lr_decay must be a number in \(0, 1\)"),
-        ({"lr_patience": 0}, "lr_patience must be an integer >= 1"),
-        ({"min_rel_improvement": -0.1}, r"min_rel_improvement must be a number in \[0, 1\)"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be an int in \[1, inf\], got 0"),
+        ({"batch_size": 100}, ValueError, "exceeds the 40 training examples"),
+        ({"steps": None}, ValueError, "give steps or epochs"),
+        ({"on_nonfinite": "ignore"}, ValueError, "unknown on_nonfinite 'ignore'"),
+        ({"shards": 9}, ValueError, r"number of shards \(9\) exceeds the batch size \(8\)"),
+        ({"eval_every": 1.5}, TypeError, "eval_every must be an int, got float"),
+        ({"lr_decay": 1.0}, ValueError, r"lr_decay must be a finite number in \(0, 1\)"),
+        ({"lr_decay": 0}, ValueError, r"lr_decay must be a finite number in \(0, 1\)"),
+        ({"lr_patience": 0}, ValueError, r"lr_patience must be an int in \[1, inf\]"),
+        ({"min_rel_improvement": -0.1}, ValueError,
+         r"min_rel_improvement must be a finite number in \[0, 1\)"),
+        ({"max_consecutive_skips": True}, TypeError, "max_consecutive_skips must be an int, got bool"),
     ],
 )
-def test_invalid_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_invalid_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
         make_trainer(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "field, value, error, message",
+    [
+        ("batch_size", 0, ValueError, "batch_size must be an int"),
+        ("steps", 1.5, TypeError, "steps must be an int"),
+        ("epochs", None, ValueError, "give steps or epochs"),
+        ("seed", -1, ValueError, "seed must be an int in \\[0"),
+        ("shards", 0, ValueError, "shards must be an int"),
+        ("patience", 0, ValueError, "patience must be an int"),
+        ("lr", -1e-3, ValueError, "lr must be a finite number"),
+        ("clip_norm", "1", TypeError, "clip_norm must be a real number"),
+        ("group_lrs", {"^enc": 0.0}, ValueError, "learning rate for '\\^enc'"),
+        ("group_lrs", [], TypeError, "group_lrs must be a dict"),
+        ("num_particles", 0, ValueError, "num_particles must be an int"),
+        ("alpha", float("nan"), ValueError, "alpha must be a finite number"),
+        ("lr_decay", 1.5, ValueError, "lr_decay must be a finite number in"),
+        ("on_nonfinite", "ignore", ValueError, "unknown on_nonfinite"),
+        ("elbo", "nope", ValueError, "unknown ELBO 'nope'"),
+        ("model", "nope", ValueError, "unknown model 'nope'"),
+        ("data", "cifar", ValueError, "unknown data 'cifar'"),
+        ("model_kwargs", None, TypeError, "model_kwargs must be a dict"),
+    ],
+)
+def test_train_config_checks_every_field(field, value, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_from_config_builds_the_configured_trainer(tmp_path):
+    """``Trainer.from_config`` hands the configuration's groups, estimator and optimiser to the
+    trainer: it trains exactly like one built by hand from the same settings, and stores the
+    configuration in its checkpoints."""
+    config = TrainConfig(batch_size=8, steps=6, epochs=None, eval_every=3, log_every=3, patience=2,
+                         lr=1e-2, lr_decay=0.5, lr_patience=1, seed=3, shards=2)
+    assert config.schedule() == Schedule(batch_size=8, steps=6, eval_every=3, log_every=3)
+    assert config.early_stopping() == EarlyStopping(patience=2, lr_decay=0.5, lr_patience=1)
+    assert config.step_options() == StepOptions(seed=3, shards=2)
+    pyro.clear_param_store()
+    torch.manual_seed(123)
+    t = Trainer.from_config(config, TinyModel(), TinyGuide(), NoisyData(), NoisyData(16, 2), out_dir=tmp_path,
+                            progress=False)
+    assert isinstance(t.elbo, Trace_ELBO) and t.elbo.max_plate_nesting == 1
+    assert (t.schedule, t.plateau.policy, t.options) == (config.schedule(), config.early_stopping(),
+                                                         config.step_options())
+    t.fit()
+    ref = make_trainer(None, seed=3, steps=6, eval_every=3, log_every=3, patience=2, lr_decay=0.5,
+                       lr_patience=1, shards=2, valid=NoisyData(16, 2),
+                       elbo=make_elbo("trace", max_plate_nesting=1))
+    ref.fit()
+    expected, got = params_of(ref), params_of(t)
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"] == config.to_dict()
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        Trainer.from_config(config.to_dict(), TinyModel(), TinyGuide(), NoisyData())
 
 
 def test_rejects_non_elbo_and_clashing_names():
@@ -399,7 +472,105 @@ def test_rejects_non_elbo_and_clashing_names():
 
 
 def test_metrics_are_valid_json_lines(tmp_path):
-    make_trainer(tmp_path, max_steps=4, log_every=2).fit()
+    make_trainer(tmp_path, steps=4, log_every=2).fit()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
     assert [json.loads(line)["step"] for line in lines] == [2, 4]
+
+
+# ---------------------------------------------------------------------------- issue 10
+def _untimed(records):
+    timing = ("examples_per_s", "wall_time", "cpu_time")
+    return [{k: v for k, v in r.items() if k not in timing} for r in records]
+
+
+def test_metrics_resume_exactly_from_a_checkpoint_between_logging_steps(tmp_path):
+    """Checkpoints at 3, 6 (not logging steps: 5, 10); killed in step 9. The first train_loss after
+    the resume (step 10) averages steps 6..10 as in the uninterrupted run, not 7..10 alone."""
+    ref = make_trainer(tmp_path / "ref", steps=13, log_every=5, checkpoint_every=3)
+    ref.fit()
+    crashing = make_trainer(tmp_path / "run", steps=13, log_every=5, checkpoint_every=3,
+                            data=NoisyData(fail_at=9))
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 6
+    resumed = make_trainer(tmp_path / "run", steps=13, log_every=5, checkpoint_every=3)
+    assert resumed.resume()
+    result = resumed.fit()
+    got = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    expected = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [5, 10, 13]
+    assert _untimed(got) == _untimed(expected)
+    assert result.train_loss == ref.last_train_loss
+    # a finished run resumed again reports its last train_loss (it printed "train_loss": null)
+    again = make_trainer(tmp_path / "run", steps=13, log_every=5, checkpoint_every=3)
+    assert again.resume() and again.fit().train_loss == result.train_loss
+
+
+def test_damaged_metrics_file_is_an_error_naming_file_and_line(tmp_path):
+    from pyro_spvae.training import MetricsError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(MetricsError, match=r"metrics.jsonl, line 2: not valid JSON"):
+        read_metrics(path)
+    path.write_text('{"step": 1}\n[1, 2]\n')
+    with pytest.raises(MetricsError, match=r"line 2: expected a JSON object"):
+        read_metrics(path)
+    path.write_text('{"step": 1}\n{"loss": 2}\n')
+    with pytest.raises(MetricsError, match=r"line 2: no integer 'step'"):
+        read_metrics(path)
+    path.write_bytes(b'{"step": 1}\n\xff\n')
+    with pytest.raises(MetricsError, match=r"metrics.jsonl, line 2: not UTF-8"):
+        read_metrics(path)
+    path.write_text('{"step": 1}\n{"step": 2, "lo')  # torn last line of a killed write: tolerated
+    assert read_metrics(path) == [{"step": 1}]
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(MetricsError, match="is a directory"):
+        read_metrics(path)
+
+
+def test_guard_checks_parameters_after_the_update(tmp_path):
+    """A finite gradient times a huge learning rate overflows the parameters: the step is named
+    (it used to pass the guard and fail later in distribution validation)."""
+    t = make_trainer(tmp_path, steps=3, optim=make_optimizer(1e308))
+    with pytest.raises(NonFiniteError, match=r"step 1: non-finite parameters after the update: dec\.bias"):
+        t.fit()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_skip_restores_parameters_and_optimiser_state(tmp_path):
+    t = make_trainer(tmp_path, steps=6, log_every=3, on_nonfinite="skip")
+    for _ in range(2):
+        t._timed_step()
+    before = t.state_dict()
+    before = {"params": params_of(t), "optim": copy.deepcopy(before["optimizer"])}
+    groups = [g for o in t.optim.optim_objs.values() for g in o.param_groups]
+    for g in groups:
+        g["lr"] = 1e308
+    loss, _ = t._timed_step()
+    assert math.isnan(loss) and t.guard.skipped_steps == 1
+    after = t.state_dict()
+    for k, v in before["params"].items():
+        assert torch.equal(params_of(t)[k], v), k
+    for name, st in before["optim"].items():
+        for i, s in st["state"].items():
+            for key, value in s.items():
+                assert torch.equal(after["optimizer"][name]["state"][i][key], value), (name, key)
+    for g in (g for o in t.optim.optim_objs.values() for g in o.param_groups):
+        assert g["lr"] == 1e308  # the restored state is the one before the step
+        g["lr"] = 1e-2
+    result = t.fit()
+    assert result.skipped_steps == 1 and all(torch.isfinite(v).all() for v in params_of(t).values())
+
+
+def test_resumed_optimiser_takes_the_configured_learning_rate(tmp_path):
+    make_trainer(tmp_path, steps=4, eval_every=2, lr_decay=0.5, lr_patience=1, valid=NoisyData(16, 2),
+                 optim=make_optimizer(0.3)).fit()
+    scale = load_checkpoint(tmp_path / "checkpoint.pt")["lr_scale"]
+    resumed = make_trainer(tmp_path, steps=5, eval_every=2, lr_decay=0.5, lr_patience=1,
+                           valid=NoisyData(16, 2), optim=make_optimizer(0.01, group_lrs={r"^enc\.": 0.02}))
+    assert resumed.resume()
+    resumed._timed_step()
+    assert resumed.current_lr() == [0.01 * scale, 0.02 * scale]

@@ -9,7 +9,8 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import Adam
 
 from pyro_spvae.guides import GaussianGuide
-from pyro_spvae.models import MODELS, VAE, build_vae
+from pyro_spvae.models import VAE
+from pyro_spvae.zoo import MODELS, build_vae
 
 DT = torch.float64
 
@@ -98,7 +99,7 @@ def test_gaussian_global_precision_is_learnt():
 
 # ----------------------------------------------------------------------------- exact ELBO
 def _ppca_vae(D=4, d=2, s=0.7, seed=0):
-    """A dense VAE with a linear decoder (pPCA, DESIGN §2) and a guide set to the exact posterior.
+    """A dense VAE with a linear decoder (pPCA, docs/ground_truth.md) and a guide set to the exact posterior.
 
     With orthogonal columns of W the posterior N(Sigma W^T (x - b) / s^2, Sigma),
     Sigma = (I + W^T W / s^2)^{-1}, is diagonal with a linear mean: the linear Gaussian guide
@@ -227,7 +228,7 @@ def test_bad_data_rejected(small_vae):
         guide(torch.zeros(3, 16))
     with pytest.raises(ValueError, match="NaN"):
         guide(torch.full((3, 1, 4, 4), torch.nan))
-    with pytest.raises(ValueError, match=r"z must have shape \(\.\.\., 2\)"):
+    with pytest.raises(ValueError, match=r"z has shape \(3, 5\), expected \(\.\.\., 2\)"):
         model.decode(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="outside the support"):
         model.reconstruct(x + 0.2, guide)
@@ -288,3 +289,45 @@ def test_dense_vae_on_vectors_and_float64():
     assert loss.dtype == DT and torch.isfinite(loss)
     loss.backward()
     assert model.decoder.mlp.layers[0].weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- reference options
+# (the SPVAE reference code's VAEs, Tan & Peharz 2019; see docs/spvae.md and the paper-* presets)
+REFERENCE_GAUSSIAN = {"likelihood": "gaussian", "likelihood_kwargs": {"scale": "precision", "loc": "sigmoid"}}
+
+
+def test_reference_dense_vae_has_separate_heads_and_precision_parameterisations():
+    torch.manual_seed(0)
+    model, guide = build_vae((1, 4, 4), z_dim=3, hidden=(5,), encoder_heads="separate",
+                             decoder_heads="separate", posterior_scale="precision", init="tf1",
+                             **REFERENCE_GAUSSIAN)
+    mean_net, prec_net = model.decoder.nets  # one decoder per likelihood parameter
+    loc_net, f_net = guide.encoder.nets  # one encoder for the mean, one for f
+    # counts: two MLPs 16-5-3 (encoder) and two 3-5-16 (decoder)
+    assert sum(p.numel() for p in guide.parameters()) == 2 * (16 * 5 + 5 + 5 * 3 + 3)
+    assert sum(p.numel() for p in model.parameters()) == 2 * (3 * 5 + 5 + 5 * 16 + 16)
+    x = torch.rand(6, 1, 4, 4)
+    loc, scale = guide.encode(x)
+    torch.testing.assert_close(loc, loc_net(x))
+    torch.testing.assert_close(scale, torch.rsqrt(1 + f_net(x) ** 2))  # precision 1 + f^2
+    z = torch.randn(2, 6, 3)
+    px = model.decode(z)
+    torch.testing.assert_close(px.mean, torch.sigmoid(mean_net(z)))
+    torch.testing.assert_close(px.base_dist.scale, torch.rsqrt(1 + prec_net(z) ** 2))
+    svi = SVI(model, guide, Adam({"lr": 1e-3}), Trace_ELBO())
+    assert math.isfinite(svi.step(x))
+
+
+def test_reference_conv_vae_shares_the_encoder_trunk():
+    torch.manual_seed(0)
+    model, guide = build_vae((1, 8, 8), z_dim=3, hidden=(6,), decoder_hidden=(), arch="conv", channels=(2, 4),
+                             out_layer="deconv", posterior_scale="precision", likelihood="binomial",
+                             likelihood_kwargs={"eps": 1e-7}, activation="softplus")
+    assert model.decoder.mlp.hidden == () and guide.encoder.mlp.hidden == (6,)
+    assert model.decoder.out_conv is None and model.decoder.output_layer.out_channels == 1
+    x = torch.randint(0, 256, (5, 1, 8, 8)).float() / 255
+    loc, scale = guide.encode(x)
+    assert loc.shape == scale.shape == (5, 3) and bool((scale <= 1).all())
+    assert torch.isfinite(model.decode(loc).log_prob(x)).all()
+    with pytest.raises(ValueError, match="posterior_scale"):
+        GaussianGuide((1, 8, 8), z_dim=3, posterior_scale="exp")

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import math
 import os
-from numbers import Integral, Real
+from numbers import Integral
 
 import torch
 
+from pyro_spvae.validation import check_choice, check_int, check_integer_dtype, check_real
+
+from .cifar import load_cifar10
 from .embedded import load_embedded
-from .mnist import SPLITS, load_mnist
+from .mnist import load_mnist
+from .svhn import load_svhn
 from .transforms import Transform, get_transform
 
 __all__ = ["DATASETS", "ImageDataset", "load_dataset"]
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("embedded", "mnist")
+DATASETS: tuple[str, ...] = ("embedded", "mnist", "svhn", "cifar10")
 
 
 class ImageDataset:
@@ -30,6 +33,8 @@ class ImageDataset:
     :param transform: a transform name (see :data:`~pyro_spvae.data.TRANSFORMS`) or instance.
     :param name: dataset name, for display.
     :param split: split name, for display.
+    :raises TypeError: if ``images`` or ``labels`` is not a tensor.
+    :raises ValueError: for a wrong dtype or shape.
     """
 
     def __init__(
@@ -41,10 +46,7 @@ class ImageDataset:
         split: str = "",
     ):
         transform = get_transform(transform)
-        if not isinstance(labels, torch.Tensor):
-            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+        check_integer_dtype("labels", labels)
         stored = transform.prepare(images)  # validates images
         if labels.shape != (images.shape[0],):
             raise ValueError(
@@ -91,12 +93,7 @@ class ImageDataset:
         return self.transform.likelihood
 
     def _check_idx(self, idx: torch.Tensor) -> torch.Tensor:
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(
-                f"idx must be an integer torch.Tensor (e.g. torch.arange(n)), got {type(idx).__name__}"
-            )
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise TypeError(f"idx must have an integer dtype (torch.long), got {idx.dtype}")
+        check_integer_dtype("idx", idx)
         if idx.dim() != 1:
             raise ValueError(f"idx must be one-dimensional, got shape {tuple(idx.shape)}")
         if idx.numel():
@@ -112,8 +109,8 @@ class ImageDataset:
         :param idx: integer tensor of shape ``(B,)`` with values in ``[0, N)``.
         :param generator: random source of stochastic transforms (global RNG when ``None``).
         :returns: ``float32`` tensor of shape ``(B, C, H, W)`` with values in ``[0, 1]``.
-        :raises TypeError: for a non-tensor or non-integer ``idx``, or a bad generator.
-        :raises ValueError: for a multi-dimensional or out-of-range ``idx``.
+        :raises TypeError: for a non-tensor ``idx`` or a bad generator.
+        :raises ValueError: for a non-integer dtype, a multi-dimensional or an out-of-range ``idx``.
         """
         idx = self._check_idx(idx)
         return self.transform.batch(self._stored[idx], generator)
@@ -131,22 +128,15 @@ class ImageDataset:
         :raises ValueError: for a size out of range, NaN, or a fraction that selects no image.
         """
         n_total = len(self)
-        if isinstance(size, bool) or not isinstance(size, (Integral, Real)):
-            raise TypeError(f"size must be an int (count) or a float (fraction), got {type(size).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, Integral):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if isinstance(size, Integral):
-            n = int(size)
-            if not 1 <= n <= n_total:
-                raise ValueError(f"subset size must be between 1 and {n_total}, got {n}")
-        else:
-            fraction = float(size)
-            if math.isnan(fraction) or not 0.0 < fraction <= 1.0:
-                raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
+        seed = check_int("seed", seed)
+        if isinstance(size, Integral):  # a count (bool is refused there)
+            n = check_int("subset size", size, 1, n_total)
+        else:  # a fraction
+            fraction = check_real("subset fraction", size, 0.0, 1.0, low_open=True)
             n = int(round(fraction * n_total))
             if n < 1:
                 raise ValueError(f"subset fraction {fraction} of {n_total} images selects no image")
-        gen = torch.Generator().manual_seed(int(seed) % 2**63)
+        gen = torch.Generator().manual_seed(seed % 2**63)
         keep = torch.randperm(n_total, generator=gen)[:n].sort().values
         return ImageDataset._from_stored(
             self._stored[keep], self._labels[keep], self.transform, self.name, self.split
@@ -163,22 +153,32 @@ def load_dataset(
     """Load a dataset split with a transform.
 
     :param name: ``"embedded"`` (the packaged MNIST subset, no download; ``root`` and ``download``
-        are ignored) or ``"mnist"`` (full MNIST, see :func:`~pyro_spvae.data.load_mnist`).
-    :param split: ``"train"``, ``"valid"`` or ``"test"`` (MNIST: 50,000 / 10,000 / 10,000).
+        are ignored), ``"mnist"`` (full MNIST, see :func:`~pyro_spvae.data.load_mnist`),
+        ``"svhn"`` (:func:`~pyro_spvae.data.load_svhn`) or ``"cifar10"``
+        (:func:`~pyro_spvae.data.load_cifar10`). SVHN and CIFAR-10 are made greyscale as in the
+        SPVAE reference (:func:`~pyro_spvae.data.rgb_to_grayscale`).
+    :param split: ``"train"``, ``"valid"`` or ``"test"`` (MNIST: 50,000 / 10,000 / 10,000; SVHN:
+        73,257 / 26,032 / 26,032; CIFAR-10: 40,000 / 10,000 / 10,000).
     :param transform: a name in :data:`~pyro_spvae.data.TRANSFORMS` or a :class:`Transform`.
-    :param root: MNIST directory (else ``$PYRO_SPVAE_DATA``, else the user cache directory).
-    :param download: download missing MNIST files (SHA-256 verified).
-    :returns: an :class:`ImageDataset` with ``event_shape == (1, 28, 28)``.
-    :raises ValueError: for an unknown name, split or transform (listing the valid choices).
-    :raises FileNotFoundError: when MNIST is absent and cannot be downloaded.
+    :param root: the data set's directory (else its environment variable: ``$PYRO_SPVAE_DATA``
+        for MNIST, ``$PYRO_SPVAE_SVHN``, ``$PYRO_SPVAE_CIFAR10``; else the user cache directory).
+    :param download: download missing MNIST files (SHA-256 verified). SVHN and CIFAR-10 are never
+        downloaded (their files must be fetched by hand), so it is ignored for them.
+    :returns: an :class:`ImageDataset` with ``event_shape == (1, 28, 28)`` (MNIST) or
+        ``(1, 32, 32)`` (SVHN, CIFAR-10).
+    :raises ValueError: for an unknown name, split or transform (listing the valid choices), or a
+        corrupt data file (the message names it).
+    :raises FileNotFoundError: when the data files are absent (and, for MNIST, cannot be
+        downloaded); the message says where to get them.
     """
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
-    if not isinstance(split, str) or split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    check_choice("dataset", name, DATASETS)  # the split is checked by the loaders
     transform = get_transform(transform)
     if name == "embedded":
         images, labels = load_embedded(split)
+    elif name == "svhn":
+        images, labels = load_svhn(split, root=root)
+    elif name == "cifar10":
+        images, labels = load_cifar10(split, root=root)
     else:
         images, labels = load_mnist(split, root=root, download=download)
     return ImageDataset(images, labels, transform, name=name, split=split)

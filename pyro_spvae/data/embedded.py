@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_spvae.validation import check_choice
+
 from .mnist import SPLITS
 
 __all__ = ["EMBEDDED_PATH", "EMBEDDED_SIZES", "load_embedded"]
@@ -37,8 +39,7 @@ def load_embedded(split: str, return_index: bool = False) -> tuple[torch.Tensor,
     :raises ValueError: for an unknown split or a damaged file.
     :raises FileNotFoundError: when the package was installed without its data file.
     """
-    if not isinstance(split, str) or split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    check_choice("split", split, SPLITS)
     if not EMBEDDED_PATH.is_file():
         raise FileNotFoundError(
             f"embedded dataset {EMBEDDED_PATH} is missing: reinstall pyro-spvae with its package data "

@@ -23,6 +23,8 @@ import numpy as np
 import platformdirs
 import torch
 
+from pyro_spvae.validation import check_bool, check_choice
+
 from .idx import decompress_if_gzip, parse_idx
 
 __all__ = [
@@ -171,7 +173,11 @@ def download_mnist(
 
 @functools.lru_cache(maxsize=4)
 def _read_cached(path: str, mtime_ns: int, size: int, verify: bool, expected_ndim: int) -> np.ndarray:
-    data = decompress_if_gzip(Path(path).read_bytes(), path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:  # permissions, I/O errors: the file is there but unusable
+        raise ValueError(f"{path}: cannot read the file ({err.strerror})") from None
+    data = decompress_if_gzip(raw, path)
     stem = Path(path).name.removesuffix(".gz")
     if verify:
         digest = _sha256(data)
@@ -212,13 +218,14 @@ def load_mnist(
     :param verify: check the SHA-256 of local files too.
     :returns: ``images`` of shape ``(N, 1, 28, 28)`` and dtype ``uint8``, and ``labels`` of shape
         ``(N,)`` and dtype ``int64``.
-    :raises ValueError: for an unknown split, or a corrupt/invalid file.
+    :raises ValueError: for an unknown split, or a file that is present but unreadable, corrupt
+        (gzip stream, IDX header or payload), truncated, or fails its SHA-256 check: the message
+        names the file and the problem. This is the whole error contract of the MNIST files:
+        ``ValueError`` for a bad file, ``FileNotFoundError`` for a missing one.
     :raises FileNotFoundError: when files are missing and cannot be downloaded.
     """
-    if not isinstance(split, str) or split not in SPLITS:
-        raise ValueError(f"unknown MNIST split {split!r}; valid splits: {', '.join(SPLITS)}")
-    if not isinstance(download, bool):
-        raise TypeError(f"download must be a bool, got {type(download).__name__}")
+    check_choice("MNIST split", split, SPLITS)
+    check_bool("download", download)
     directory = mnist_dir(root)
     images_stem, labels_stem = _SPLIT_FILES[split]
     missing = [s for s in (images_stem, labels_stem) if _find_file(directory, s) is None]

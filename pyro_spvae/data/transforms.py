@@ -20,7 +20,9 @@ spvae-continuous     spvae-discrete + N(0, (1/255)^2) reflected into [0, 1],    
                      per-image min-max again (noise fixed by a seed)
 ===================  ==========================================================  =============
 
-The SPVAE preprocessing follows Tan & Peharz (ICML 2019), see DESIGN §3.
+The SPVAE preprocessing follows Tan & Peharz (ICML 2019, experiments and reference code); see
+``docs/spvae.md``. Colour data sets (SVHN, CIFAR-10) are first made greyscale with
+:func:`rgb_to_grayscale`, as the reference does, so that the transforms above see ``(N, 1, 32, 32)``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from typing import ClassVar
 
 import torch
 
+from pyro_spvae.validation import (
+    check_choice,
+    check_floating_dtype,
+    check_nonnegative_int,
+    check_positive_int,
+    check_tensor,
+)
+
 __all__ = [
     "TRANSFORMS",
     "DequantizeUniform",
@@ -37,11 +47,13 @@ __all__ = [
     "DynamicBinarize",
     "SPVAEContinuous",
     "SPVAEDiscrete",
+    "SeededTransform",
     "StaticBinarize",
     "Transform",
     "get_transform",
     "minmax_per_image",
     "reflect_unit",
+    "rgb_to_grayscale",
 ]
 
 # Largest u with (k + u) < k + 1 exactly in float32 for every k in 0..255.
@@ -49,10 +61,9 @@ _U_MAX = 1.0 - 2.0**-15
 
 
 def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    check_tensor("images", images)
     if images.dtype != torch.uint8:
-        raise TypeError(f"images must have dtype torch.uint8 (8-bit pixels), got {images.dtype}")
+        raise ValueError(f"images must have dtype torch.uint8 (8-bit pixels), got {images.dtype}")
     if images.dim() != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
     if min(images.shape[1:]) < 1:
@@ -64,14 +75,6 @@ def _check_generator(generator: torch.Generator | None) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    return seed
-
-
 def minmax_per_image(x: torch.Tensor) -> torch.Tensor:
     """Rescale each image to ``[0, 1]``: ``(x - min) / (max - min)`` over all but the first dim.
 
@@ -80,8 +83,7 @@ def minmax_per_image(x: torch.Tensor) -> torch.Tensor:
     :param x: float tensor of shape ``(N, ...)``.
     :returns: float tensor of the same shape, each image with min 0 and (unless constant) max 1.
     """
-    if not torch.is_floating_point(x):
-        raise TypeError(f"minmax_per_image expects a floating-point tensor, got {x.dtype}")
+    check_floating_dtype("x", x)
     if x.dim() < 1:
         raise ValueError("minmax_per_image expects a tensor of shape (N, ...)")
     if x.numel() == 0:
@@ -97,6 +99,34 @@ def reflect_unit(x: torch.Tensor) -> torch.Tensor:
     """Reflect values into ``[0, 1]`` at both boundaries (``-0.1 -> 0.1``, ``1.1 -> 0.9``)."""
     y = torch.remainder(x, 2.0)
     return torch.where(y > 1.0, 2.0 - y, y)
+
+
+def rgb_to_grayscale(images: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """8-bit RGB to 8-bit greyscale exactly as Pillow's ``Image.convert("L")``, which the SPVAE
+    reference applies to SVHN (``data/dataprocessing.py``, ``greyscalify``):
+
+    ``L = (19595 R + 38470 G + 7471 B + 2**15) >> 16``,
+
+    the ITU-R BT.601 luma weights 0.299, 0.587, 0.114 in 16-bit fixed point, rounded to the
+    nearest integer (so ``L`` is in ``0..255``). See ``docs/spvae.md``.
+
+    :param images: ``uint8`` tensor of shape ``(N, 3, H, W)`` (channels R, G, B).
+    :param chunk: images converted at a time (bounds the ``int32`` temporaries).
+    :returns: ``uint8`` tensor of shape ``(N, 1, H, W)``.
+    :raises TypeError: if ``images`` is not a tensor.
+    :raises ValueError: for a dtype other than ``uint8`` or a shape other than ``(N, 3, H, W)``.
+    """
+    _check_images(images)
+    if images.shape[1] != 3:
+        raise ValueError(f"images must have 3 channels (R, G, B), got shape {tuple(images.shape)}")
+    chunk = check_positive_int("chunk", chunk)
+    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32).view(1, 3, 1, 1)
+    out = torch.empty((images.shape[0], 1, *images.shape[2:]), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk].to(torch.int32)
+        luma = ((part * weights).sum(dim=1, keepdim=True) + 2**15) >> 16
+        out[start : start + chunk] = luma.to(torch.uint8)
+    return out
 
 
 class Transform(ABC):
@@ -141,6 +171,17 @@ class Transform(ABC):
         return f"{type(self).__name__}()"
 
 
+class SeededTransform(Transform):
+    """A transform whose deterministic part draws its noise once, from a generator seeded with
+    ``seed`` (an int ``>= 0``), so that a split is always transformed the same way."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = check_nonnegative_int("seed", seed)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed})"
+
+
 class DynamicBinarize(Transform):
     """Fresh Bernoulli(k/255) binarisation on every batch (values in ``{0, 1}``)."""
 
@@ -152,7 +193,7 @@ class DynamicBinarize(Transform):
         return torch.bernoulli(stored.float() / 255.0, generator=generator)
 
 
-class StaticBinarize(Transform):
+class StaticBinarize(SeededTransform):
     """One fixed Bernoulli(k/255) binarisation of a whole split, seeded by ``seed``.
 
     Image ``i`` of the split always gets the same binary image, however it is batched.
@@ -162,18 +203,12 @@ class StaticBinarize(Transform):
     likelihood = "bernoulli"
     stochastic = False
 
-    def __init__(self, seed: int = 0):
-        self.seed = _check_seed(seed)
-
     def _prepare(self, images):
         gen = torch.Generator().manual_seed(self.seed)
         return torch.bernoulli(images.float() / 255.0, generator=gen).to(torch.uint8)
 
     def _batch(self, stored, generator):
         return stored.float()
-
-    def __repr__(self) -> str:
-        return f"StaticBinarize(seed={self.seed})"
 
 
 class Discrete8Bit(Transform):
@@ -203,7 +238,14 @@ class DequantizeUniform(Transform):
 
 
 class SPVAEDiscrete(Transform):
-    """SPVAE "discrete" preprocessing: per-image min-max to ``[0, 1]``, then ``round(255 x) / 255``."""
+    """SPVAE "discrete" preprocessing: per-image min-max to ``[0, 1]``, then ``round(255 x) / 255``.
+
+    The rounding is the reference's ``discretize`` for MNIST and CIFAR-10. Its SVHN script saves
+    the min-max'd greyscale images *without* rounding (``255 x`` is then generally not an integer,
+    which its lgamma-based Binomial accepts). Here SVHN is rounded too, so that every "discrete"
+    data set lives on the Binomial(255) grid of :class:`~pyro_spvae.distributions.BinomialGrid`:
+    a deliberate deviation of at most ``0.5 / 255`` per pixel (see ``docs/spvae.md``).
+    """
 
     name = "spvae-discrete"
     likelihood = "binomial"
@@ -216,20 +258,20 @@ class SPVAEDiscrete(Transform):
         return stored.float() / 255.0
 
 
-class SPVAEContinuous(Transform):
+class SPVAEContinuous(SeededTransform):
     """SPVAE "continuous" preprocessing: the discrete version plus ``N(0, (1/255)^2)`` noise,
     reflected into ``[0, 1]``, then per-image min-max again.
 
     The noise is drawn once per split from a generator seeded with ``seed`` (a preprocessing step,
     as in the paper), so the data set is fixed.
+    For SVHN the reference adds the noise to the unrounded min-max'd images; here it is added to
+    the rounded ones (see :class:`SPVAEDiscrete`), a difference of at most ``0.5 / 255`` before a
+    noise of standard deviation ``1 / 255``.
     """
 
     name = "spvae-continuous"
     likelihood = "gaussian"
     stochastic = False
-
-    def __init__(self, seed: int = 0):
-        self.seed = _check_seed(seed)
 
     def _prepare(self, images):
         discrete = torch.round(255.0 * minmax_per_image(images.float())) / 255.0
@@ -239,9 +281,6 @@ class SPVAEContinuous(Transform):
 
     def _batch(self, stored, generator):
         return stored.float()
-
-    def __repr__(self) -> str:
-        return f"SPVAEContinuous(seed={self.seed})"
 
 
 _REGISTRY: dict[str, type[Transform]] = {
@@ -270,7 +309,5 @@ def get_transform(transform: str | Transform) -> Transform:
         return transform
     if not isinstance(transform, str):
         raise TypeError(f"transform must be a name or a Transform, got {type(transform).__name__}")
-    if transform not in _REGISTRY:
-        raise ValueError(f"unknown transform {transform!r}; valid transforms: {', '.join(TRANSFORMS)}")
-    return _REGISTRY[transform]()
+    return _REGISTRY[check_choice("transform", transform, TRANSFORMS)]()
 

@@ -1,20 +1,21 @@
 """Binomial likelihood on the 8-bit grid: ``x = k / n`` with ``k ~ Binomial(n, p)``.
 
-The SPVAE paper (Tan & Peharz 2019, ``DESIGN.md`` §3) models "discrete" MNIST, ``round(255 x) / 255``,
-with a Binomial(255) likelihood per pixel; the distribution here lives directly on the grid values
-so that data in ``[0, 1]`` need no rescaling.
+The SPVAE paper (Tan & Peharz 2019, §4; see ``docs/spvae.md``) models "discrete" MNIST,
+``round(255 x) / 255``, with a Binomial(255) likelihood per pixel; the distribution here lives
+directly on the grid values so that data in ``[0, 1]`` need no rescaling. Its log-pmf is
+:func:`~pyro_spvae.distributions.counts.count_log_pmf`.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from pyro.distributions import TorchDistribution
 from torch.distributions import Binomial, constraints
 from torch.distributions.utils import broadcast_all, lazy_property, logits_to_probs, probs_to_logits
 
+from pyro_spvae.validation import check_positive_int
+
+from .counts import count_log_pmf
 from .grid import GridConstraint, grid_index
 
 __all__ = ["BinomialGrid"]
@@ -36,8 +37,7 @@ class BinomialGrid(TorchDistribution):
 
     def __init__(self, total_count: int = 255, probs: torch.Tensor | None = None,
                  logits: torch.Tensor | None = None, validate_args: bool | None = None) -> None:
-        if isinstance(total_count, bool) or not isinstance(total_count, int) or total_count < 1:
-            raise ValueError(f"total_count must be a positive int, got {total_count!r}")
+        total_count = check_positive_int("total_count", total_count)
         if (probs is None) == (logits is None):
             raise ValueError("BinomialGrid needs exactly one of probs or logits")
         for name, param in (("probs", probs), ("logits", logits)):
@@ -102,12 +102,8 @@ class BinomialGrid(TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        # Evaluated in float64: in float32, torch's Binomial loses ~1e-4 of probability mass at
-        # n = 255 (lgamma(256) ~ 1167); here log C(n, k) + k log p + (n - k) log(1 - p) with
-        # log p = -softplus(-logit) keeps every term small near the mode.
+        # Evaluated in float64: in float32, log C(n, k) (lgamma(256) ~ 1167) and the logits terms
+        # cancel to ~1e-4 of probability mass at n = 255.
         n = self.total_count
         k = grid_index(value, n + 1).to(torch.float64)
-        logits = self.logits.to(torch.float64)
-        log_binom = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-        lp = log_binom - k * F.softplus(-logits) - (n - k) * F.softplus(logits)
-        return lp.to(self._param.dtype)
+        return count_log_pmf(k, self.logits.to(torch.float64), n).to(self._param.dtype)

@@ -25,6 +25,8 @@ from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+from pyro_spvae.validation import check_int
+
 from .grid import GridConstraint, grid_index, grid_values
 
 __all__ = ["DiscretizedLogistic", "log1mexp"]
@@ -63,8 +65,7 @@ class DiscretizedLogistic(TorchDistribution):
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, num_levels: int = 256,
                  validate_args: bool | None = None) -> None:
-        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
-            raise ValueError(f"num_levels must be an int >= 2, got {num_levels!r}")
+        num_levels = check_int("num_levels", num_levels, 2)
         self.loc, self.scale = broadcast_all(loc, scale)
         self.num_levels = num_levels
         super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch.distributions import constraints
 
+from pyro_spvae.validation import check_int
+
 __all__ = ["GridConstraint", "grid", "grid_values", "grid_index"]
 
 #: Tolerance, in units of the grid spacing, for a float to count as a grid value (float32 rounding
@@ -25,9 +27,7 @@ class GridConstraint(constraints.Constraint):
     event_dim = 0
 
     def __init__(self, num_levels: int = 256) -> None:
-        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
-            raise ValueError(f"num_levels must be an int >= 2, got {num_levels!r}")
-        self.num_levels = num_levels
+        self.num_levels = check_int("num_levels", num_levels, 2)
         super().__init__()
 
     def check(self, value: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """SPN-aware variational bounds for sum-product networks of VAEs (SPVAE).
 
-Tan & Peharz, "Hierarchical Decompositional Mixtures of Variational Autoencoders", ICML 2019
-(``DESIGN.md`` §3). A sum-product network (SPN) is a multilinear polynomial with non-negative
-coefficients in its leaf values, and the leaves under one product have disjoint scopes, so every
-monomial (induced tree) uses each leaf at most once:
+Tan & Peharz, "Hierarchical Decompositional Mixtures of Variational Autoencoders", ICML 2019, §3
+(the SPN-aware bounds are derived in ``docs/spvae.md``). A sum-product network (SPN) is a
+multilinear polynomial with non-negative coefficients in its leaf values, and the leaves under one
+product have disjoint scopes, so every monomial (induced tree) uses each leaf at most once:
 
 .. math::
 
@@ -59,20 +59,41 @@ The estimators know no particular model.  Any SPN-of-VAEs model/guide pair works
   gradient to ``leaf_posterior(x).log_prob(z)`` (e.g. from the standard-normal noise of a
   location-scale family); it is used when present.
 
+:class:`SPNLeafModel` and :class:`SPNLeafGuide` declare this protocol (``isinstance`` checks it).
 Model and guide methods that read parameters should be :func:`pyro.nn.pyro_method` s of
 :class:`~pyro.nn.PyroModule` s (or call :func:`pyro.module`) so that :class:`pyro.infer.SVI`
 finds the parameters.  All losses are sums over the batch, like :class:`pyro.infer.Trace_ELBO`.
+
+Pyro's ELBO contract
+--------------------
+The bounds are :class:`pyro.infer.ELBO` s whose traces record the leaf-level quantities: the guide
+trace holds the site ``"spn_leaf_z"``, a :class:`~pyro.distributions.Delta` at the leaf latents
+``z`` ``(K, B, L, z_dim)`` whose ``log_density`` is :math:`\\log q(z_l | x_{R_l})` ``(K, B, L)``;
+the model trace holds the auxiliary factor ``"spn_leaf_log_joint"``, a
+:class:`~pyro.distributions.Unit` with ``log_factor`` :math:`\\log p(x_{R_l}, z_l)`. So
+``model_trace.log_prob_sum() - guide_trace.log_prob_sum()`` is the sum of the leaf log-weights.
+:meth:`_SPNBound._get_trace` returns the pair of one particle (``K = 1``); with
+``vectorize_particles=True`` (default) :meth:`_SPNBound._get_vectorized_trace` asks the guide for
+all ``K`` draws in one call (``leaf_rsample(x, K)`` or ``leaf_posterior(x).rsample((K,))``) instead
+of wrapping the pair in Pyro's particle plate, which the leaf methods do not see. The base class's
+:meth:`~pyro.infer.ELBO._get_traces` then yields one pair of ``K`` particles, or ``K`` pairs of one.
 """
 
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Any, Protocol, runtime_checkable
 
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
+from pyro.util import warn_if_nan
 
-from pyro_spvae.infer.importance import check_int
+from pyro_spvae.infer.log_likelihood import pass_budget, pass_shape
+from pyro_spvae.validation import check_bool, check_choice, check_positive_int, check_tensor
 
 __all__ = [
     "SPNLeafELBO",
@@ -83,6 +104,11 @@ __all__ = [
     "SPNLeafModel",
     "SPNLeafGuide",
 ]
+
+#: Guide-trace site of the leaf latents (a ``Delta`` whose ``log_density`` is ``log q``).
+LEAF_LATENT_SITE = "spn_leaf_z"
+#: Model-trace factor of the leaf log-joints ``log p(x_{R_l}, z_l)``.
+LEAF_JOINT_SITE = "spn_leaf_log_joint"
 
 
 @runtime_checkable
@@ -110,23 +136,23 @@ class SPNLeafGuide(Protocol):
         """A distribution with batch shape ``(B, L)``, event shape ``(z_dim,)`` and ``rsample``."""
         ...
 
+
 _MODEL_METHODS = ("leaf_log_joint", "spn_log_value")
 _GUIDE_METHODS = ("leaf_posterior",)
 
 
 def _check_protocol(model: Any, guide: Any) -> None:
-    for name in _MODEL_METHODS:
-        if not callable(getattr(model, name, None)):
-            raise TypeError(
-                f"SPN-aware bounds need model.{name}(...); {type(model).__name__} has none "
-                "(see pyro_spvae.infer.spn_bounds for the protocol)"
-            )
-    for name in _GUIDE_METHODS:
-        if not callable(getattr(guide, name, None)):
-            raise TypeError(
-                f"SPN-aware bounds need guide.{name}(x); {type(guide).__name__} has none "
-                "(see pyro_spvae.infer.spn_bounds for the protocol)"
-            )
+    """:raises TypeError: naming the first missing method unless ``model`` is an
+    :class:`SPNLeafModel` and ``guide`` an :class:`SPNLeafGuide`."""
+    for obj, proto, methods, role in ((model, SPNLeafModel, _MODEL_METHODS, "model"),
+                                      (guide, SPNLeafGuide, _GUIDE_METHODS, "guide")):
+        if isinstance(obj, proto):
+            continue
+        missing = next((n for n in methods if not callable(getattr(obj, n, None))), methods[0])
+        raise TypeError(
+            f"SPN-aware bounds need {role}.{missing}(...); {type(obj).__name__} has none "
+            f"(it is no {proto.__name__}; see pyro_spvae.infer.spn_bounds for the protocol)"
+        )
 
 
 def _x_from_args(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -139,17 +165,8 @@ def _x_from_args(args: tuple, kwargs: dict) -> torch.Tensor:
     raise TypeError("SPN-aware bounds take exactly one data argument x (model(x), guide(x))")
 
 
-def spn_leaf_log_weights(model: Any, guide: Any, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """Leaf log importance weights :math:`\\log w_{lk} = \\log p(x_{R_l}, z_{lk}) - \\log q(z_{lk}|x_{R_l})`.
-
-    :param model: an SPN-of-VAEs model following the protocol of this module.
-    :param guide: a leaf-wise guide following the protocol.
-    :param x: data ``(B, ...)``.
-    :param num_samples: ``K`` reparameterised samples per leaf.
-    :returns: log weights of shape ``(K, B, L)``, differentiable in model and guide parameters.
-    """
-    _check_protocol(model, guide)
-    num_samples = check_int("num_samples", num_samples)
+def _draw_leaves(guide: Any, x: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``K`` reparameterised leaf latents ``z (K, B, L, z_dim)`` and their ``log q (K, B, L)``."""
     fast = getattr(guide, "leaf_rsample", None)
     if callable(fast):
         z, log_q = fast(x, num_samples)
@@ -164,13 +181,43 @@ def spn_leaf_log_weights(model: Any, guide: Any, x: torch.Tensor, num_samples: i
             f"the guide's leaf log-densities must have shape (K, B, L) = ({num_samples}, {x.shape[0]}, L), "
             f"got {tuple(log_q.shape)}: leaf_posterior(x) needs batch shape (B, L)"
         )
+    return z, log_q
+
+
+def _leaf_log_joint(model: Any, x: torch.Tensor, z: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     log_p = model.leaf_log_joint(x, z)  # (K, B, L)
-    if log_p.shape != log_q.shape:
+    if log_p.shape != shape:
         raise ValueError(
-            f"model.leaf_log_joint returned shape {tuple(log_p.shape)}, "
-            f"expected {tuple(log_q.shape)} (K, B, L)"
+            f"model.leaf_log_joint returned shape {tuple(log_p.shape)}, expected {tuple(shape)} (K, B, L)"
         )
-    return log_p - log_q
+    return log_p
+
+
+def spn_leaf_log_weights(model: Any, guide: Any, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Leaf log importance weights :math:`\\log w_{lk} = \\log p(x_{R_l}, z_{lk}) - \\log q(z_{lk}|x_{R_l})`.
+
+    :param model: an SPN-of-VAEs model following the protocol of this module.
+    :param guide: a leaf-wise guide following the protocol.
+    :param x: data ``(B, ...)``.
+    :param num_samples: ``K`` reparameterised samples per leaf.
+    :returns: log weights of shape ``(K, B, L)``, differentiable in model and guide parameters.
+    """
+    _check_protocol(model, guide)
+    z, log_q = _draw_leaves(guide, x, check_positive_int("num_samples", num_samples))
+    return _leaf_log_joint(model, x, z, log_q.shape) - log_q
+
+
+def _leaf_guide(guide: Any, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    z, log_q = _draw_leaves(guide, x, num_samples)
+    # validate_args=False: a NaN log q must reach warn_if_nan (and the trainer's guard), not raise here
+    leaf = dist.Delta(z, log_density=log_q, event_dim=1, validate_args=False)
+    return pyro.sample(LEAF_LATENT_SITE, leaf)
+
+
+def _leaf_model(model: Any, x: torch.Tensor, z: torch.Tensor, shape: torch.Size) -> None:
+    log_p = _leaf_log_joint(model, x, z, shape)
+    factor = dist.Unit(log_p, validate_args=False)  # pyro.factor, without its argument check
+    pyro.sample(LEAF_JOINT_SITE, factor, obs=factor.sample(), infer={"is_auxiliary": True})
 
 
 def _logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -178,53 +225,94 @@ def _logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class _SPNBound(ELBO):
-    """Shared plumbing: ``loss``, ``loss_and_grads`` and ``differentiable_loss`` from a per-example
-    bound ``(B,)`` computed by :meth:`_bound`."""
+    """Shared plumbing: Pyro's trace hooks, ``loss``, ``loss_and_grads`` and ``differentiable_loss``
+    from a per-example bound ``(B,)`` that :meth:`_combine` forms from the leaf log-weights.
 
-    def __init__(self, num_particles: int = 1) -> None:
-        num_particles = check_int("num_particles", num_particles)
-        super().__init__(num_particles=num_particles, max_plate_nesting=1, vectorize_particles=True)
+    :param num_particles: ``K`` samples per leaf.
+    :param vectorize_particles: draw the ``K`` samples in one call (default) or one at a time.
+    """
 
-    def _bound(self, model: Any, guide: Any, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def __init__(self, num_particles: int = 1, vectorize_particles: bool = True) -> None:
+        super().__init__(
+            num_particles=check_positive_int("num_particles", num_particles),
+            max_plate_nesting=1,
+            vectorize_particles=check_bool("vectorize_particles", vectorize_particles),
+        )
+
+    @abstractmethod
+    def _combine(self, model: Any, log_w: torch.Tensor) -> torch.Tensor:
+        """The bound per example ``(B,)`` from the leaf log-weights ``(K, B, L)``."""
         raise NotImplementedError
 
-    def _get_trace(self, model: Any, guide: Any, args: tuple, kwargs: dict) -> Any:
-        # ELBO's abstract trace hook: these bounds work on leaf-level quantities, not on traces.
-        raise NotImplementedError(f"{type(self).__name__} builds no Pyro traces; use loss/loss_and_grads")
+    def _leaf_traces(self, model: Any, guide: Any, args: tuple, kwargs: dict, num_samples: int):
+        x = _x_from_args(args, kwargs)
+        _check_protocol(model, guide)
+        guide_trace = poutine.trace(_leaf_guide).get_trace(guide, x, num_samples)
+        site = guide_trace.nodes[LEAF_LATENT_SITE]
+        shape = site["fn"].log_density.shape
+        model_trace = poutine.trace(_leaf_model).get_trace(model, x, site["value"], shape)
+        return model_trace, guide_trace
+
+    def _get_trace(self, model: Any, guide: Any, args: tuple, kwargs: dict):
+        """The ``(model_trace, guide_trace)`` pair of one particle (see the module docstring)."""
+        return self._leaf_traces(model, guide, args, kwargs, 1)
+
+    def _get_vectorized_trace(self, model: Any, guide: Any, args: tuple, kwargs: dict):
+        """The pair of all ``num_particles`` particles, drawn by the guide in one call."""
+        return self._leaf_traces(model, guide, args, kwargs, self.num_particles)
+
+    def leaf_log_weights(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Leaf log-weights ``(K, B, L)`` of one draw of the particles (through :meth:`_get_traces`).
+
+        The ``Delta``'s log-density at its own atom and the ``Unit``'s factor are read directly:
+        they equal the sites' ``log_prob`` without its ``z == v`` test.
+        """
+        parts = [
+            model_trace.nodes[LEAF_JOINT_SITE]["fn"].log_factor
+            - guide_trace.nodes[LEAF_LATENT_SITE]["fn"].log_density
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
     def per_example_bound(self, model: Any, guide: Any, x: torch.Tensor) -> torch.Tensor:
         """The stochastic bound for each example, shape ``(B,)`` (differentiable)."""
-        return self._bound(model, guide, x)
+        return self._combine(model, self.leaf_log_weights(model, guide, x))
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Negative bound summed over the batch, as a differentiable scalar tensor."""
-        x = _x_from_args(args, kwargs)
-        return -self._bound(model, guide, x).sum()
+        loss = -self._combine(model, self.leaf_log_weights(model, guide, *args, **kwargs)).sum()
+        warn_if_nan(loss, "loss")
+        return loss
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """Negative bound summed over the batch, as a float (no gradients)."""
         with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+            loss = -float(self._combine(model, self.leaf_log_weights(model, guide, *args, **kwargs)).sum())
+        warn_if_nan(loss, "loss")
+        return loss
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        """Negative bound summed over the batch; back-propagates it into all parameters."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        """Negative bound summed over the batch; back-propagates it into all parameters (with
+        ``retain_graph=self.retain_graph``, as :class:`~pyro.infer.Trace_ELBO`)."""
+        loss = -self._combine(model, self.leaf_log_weights(model, guide, *args, **kwargs)).sum()
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
-        return float(loss.detach())
+        loss = float(loss.detach())
+        warn_if_nan(loss, "loss")
+        return loss
 
 
 class SPNLeafELBO(_SPNBound):
     """Bound (a): leaf ELBOs pushed through the SPN, :math:`\\log\\mathrm{SPN}(\\exp\\hat{\\mathcal{L}}_l)`.
 
-    :math:`\\hat{\\mathcal{L}}_l = \\frac1K\\sum_k \\log w_{lk}` (Tan & Peharz 2019, §3; ``DESIGN``
-    §3). For the same samples it never exceeds :class:`SPNLeafIWELBO`.
+    :math:`\\hat{\\mathcal{L}}_l = \\frac1K\\sum_k \\log w_{lk}` (Tan & Peharz 2019, §3; see
+    ``docs/spvae.md``). For the same samples it never exceeds :class:`SPNLeafIWELBO`.
 
     :param num_particles: ``K`` samples per leaf for the Monte-Carlo leaf ELBO.
+    :param vectorize_particles: draw the ``K`` samples in one call (default) or one at a time.
     """
 
-    def _bound(self, model: Any, guide: Any, x: torch.Tensor) -> torch.Tensor:
-        log_w = spn_leaf_log_weights(model, guide, x, self.num_particles)
+    def _combine(self, model: Any, log_w: torch.Tensor) -> torch.Tensor:
         return model.spn_log_value(log_w.mean(0))
 
 
@@ -236,13 +324,13 @@ class SPNLeafIWELBO(_SPNBound):
     :func:`spn_log_likelihood`, which streams over samples.
 
     :param num_particles: ``K`` independent samples per leaf.
+    :param vectorize_particles: draw the ``K`` samples in one call (default) or one at a time.
     """
 
-    def __init__(self, num_particles: int = 5) -> None:
-        super().__init__(num_particles)
+    def __init__(self, num_particles: int = 5, vectorize_particles: bool = True) -> None:
+        super().__init__(num_particles, vectorize_particles)
 
-    def _bound(self, model: Any, guide: Any, x: torch.Tensor) -> torch.Tensor:
-        log_w = spn_leaf_log_weights(model, guide, x, self.num_particles)
+    def _combine(self, model: Any, log_w: torch.Tensor) -> torch.Tensor:
         return model.spn_log_value(_logmeanexp(log_w, 0))
 
 
@@ -254,14 +342,39 @@ class SPNRootIWELBO(_SPNBound):
     expectation (see the module docstring).
 
     :param num_particles: ``K`` samples (one per leaf per sample).
+    :param vectorize_particles: draw the ``K`` samples in one call (default) or one at a time.
     """
 
-    def __init__(self, num_particles: int = 5) -> None:
-        super().__init__(num_particles)
+    def __init__(self, num_particles: int = 5, vectorize_particles: bool = True) -> None:
+        super().__init__(num_particles, vectorize_particles)
 
-    def _bound(self, model: Any, guide: Any, x: torch.Tensor) -> torch.Tensor:
-        log_w = spn_leaf_log_weights(model, guide, x, self.num_particles)
+    def _combine(self, model: Any, log_w: torch.Tensor) -> torch.Tensor:
         return _logmeanexp(model.spn_log_value(log_w), 0)
+
+
+#: :func:`spn_log_likelihood`'s rows hold every leaf's patch (``leaf_k`` times the example for
+#: SPVAE's partition of the pixels) in several tensors plus the leaves' hidden layers: they get this
+#: fraction of the per-pass budget of :func:`~pyro_spvae.infer.log_likelihood.pass_budget`.
+LEAF_PASS_BUDGET_FRACTION = 0.25
+
+
+def _stream_leaf_bound(model: Any, guide: Any, x: torch.Tensor, num_samples: int, chunk_size: int,
+                       method: str) -> torch.Tensor:
+    """Running log-sum-exps over ``num_samples`` samples, ``chunk_size`` at a time, for ``x``
+    ``(B, ...)``: per leaf ``(B, L)`` (``"leaf"``) or per example ``(B,)`` (``"root"``), divided by
+    ``num_samples``."""
+    acc: torch.Tensor | None = None
+    done = 0
+    while done < num_samples:
+        k = min(chunk_size, num_samples - done)
+        z, log_q = _draw_leaves(guide, x, k)
+        log_w = _leaf_log_joint(model, x, z, log_q.shape) - log_q  # (k, B, L)
+        part = log_w if method == "leaf" else model.spn_log_value(log_w)  # (k, B, L) | (k, B)
+        part = torch.logsumexp(part, dim=0)
+        acc = part if acc is None else torch.logaddexp(acc, part)
+        done += k
+    assert acc is not None
+    return acc - math.log(num_samples)
 
 
 @torch.no_grad()
@@ -270,7 +383,7 @@ def spn_log_likelihood(
     guide: Any,
     x: torch.Tensor,
     num_samples: int = 5000,
-    chunk_size: int = 250,
+    chunk_size: int | None = None,
     method: str = "leaf",
 ) -> torch.Tensor:
     """Importance-weighted estimate of :math:`\\log p(x)` per example, streamed over samples.
@@ -278,29 +391,37 @@ def spn_log_likelihood(
     ``method="leaf"`` is the paper's evaluation (Tan & Peharz 2019, Table 1: bound (b) with
     ``num_samples = 5000`` per leaf); ``method="root"`` is bound (c). Samples are drawn
     ``chunk_size`` at a time and folded into running per-leaf (or per-example) log-sum-exps, so
-    memory is ``O(chunk_size * B * L)`` whatever ``num_samples`` is.
+    memory is ``O(chunk_size * examples per pass * L)`` whatever ``num_samples`` is.
+
+    With ``chunk_size=None`` (default) the examples are split into passes by the rule of
+    :func:`~pyro_spvae.infer.log_likelihood.log_marginal_likelihood`
+    (:func:`~pyro_spvae.infer.log_likelihood.pass_shape`: ``D`` values of ``x.dtype`` per row, any
+    number of examples per pass) with :data:`LEAF_PASS_BUDGET_FRACTION` of the budget
+    :func:`~pyro_spvae.infer.log_likelihood.pass_budget` of ``x``'s device: 3 MiB on CPU, 1000 samples
+    for one 28x28 float32 image per pass. An explicit ``chunk_size`` draws that many samples for all the
+    examples of ``x`` at once. Either way the SPN runs once, on the leaf estimates of all examples.
 
     :param model: an SPN-of-VAEs model following the protocol of this module.
     :param guide: a leaf-wise guide following the protocol.
     :param x: data ``(B, ...)`` (NaN entries are marginalised if the model allows them).
     :param num_samples: total ``K`` samples per leaf.
-    :param chunk_size: samples per chunk.
+    :param chunk_size: samples per pass, or ``None`` (see above).
     :param method: ``"leaf"`` or ``"root"``.
     :returns: tensor ``(B,)`` of stochastic lower bounds on :math:`\\log p(x)` (nats).
     """
-    num_samples = check_int("num_samples", num_samples)
-    chunk_size = check_int("chunk_size", chunk_size)
-    if method not in ("leaf", "root"):
-        raise ValueError(f"method must be 'leaf' or 'root', got {method!r}")
-    acc: torch.Tensor | None = None
-    done = 0
-    while done < num_samples:
-        k = min(chunk_size, num_samples - done)
-        log_w = spn_leaf_log_weights(model, guide, x, k)  # (k, B, L)
-        part = log_w if method == "leaf" else model.spn_log_value(log_w)  # (k, B, L) | (k, B)
-        part = torch.logsumexp(part, dim=0)
-        acc = part if acc is None else torch.logaddexp(acc, part)
-        done += k
-    assert acc is not None
-    acc = acc - math.log(num_samples)
-    return model.spn_log_value(acc) if method == "leaf" else acc
+    num_samples = check_positive_int("num_samples", num_samples)
+    check_choice("method", method, ("leaf", "root"))
+    check_tensor("x", x)
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must be a tensor of shape (B, ...) with B >= 1, got {tuple(x.shape)}")
+    _check_protocol(model, guide)
+    n = x.shape[0]
+    if chunk_size is None:
+        budget = int(pass_budget(x.device) * LEAF_PASS_BUDGET_FRACTION)
+        chunk_size, per_pass = pass_shape(n, num_samples, math.prod(x.shape[1:]) * x.element_size(),
+                                          max_examples=n, budget=budget)
+    else:
+        chunk_size, per_pass = check_positive_int("chunk_size", chunk_size), n
+    acc = torch.cat([_stream_leaf_bound(model, guide, xb, num_samples, chunk_size, method)
+                     for xb in x.split(per_pass)])
+    return model.spn_log_value(acc) if method == "leaf" else acc  # the SPN once for all examples

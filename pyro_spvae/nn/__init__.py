@@ -3,7 +3,10 @@
 
 from .activations import ACTIVATIONS, get_activation
 from .builders import ARCHS, DenseDecoder, FlatMLPEncoder, build_decoder, build_encoder
+from .code_posterior import CodePosteriorNet
 from .conv import ConvDecoder, ConvEncoder, conv_spatial_sizes
+from .gaussian_mixture_prior import GaussianMixturePrior
+from .hierarchical_prior_net import HierarchicalPriorNet
 from .likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -18,6 +21,9 @@ from .mlp import MLP
 from .stacked import StackedConvDecoder, StackedConvEncoder, StackedLinear, StackedMLP, conv_matrix, conv_taps
 
 __all__ = [
+    "CodePosteriorNet",
+    "GaussianMixturePrior",
+    "HierarchicalPriorNet",
     "ACTIVATIONS",
     "get_activation",
     "MLP",

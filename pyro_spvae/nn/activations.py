@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from pyro_spvae.validation import check_choice
+
 __all__ = ["ACTIVATIONS", "get_activation"]
 
 #: Name -> factory of the activation module.
@@ -32,9 +34,4 @@ def get_activation(activation: str | nn.Module) -> nn.Module:
         return activation
     if not isinstance(activation, str):
         raise TypeError(f"activation must be a name or an nn.Module, got {type(activation).__name__}")
-    try:
-        return ACTIVATIONS[activation]()
-    except KeyError:
-        raise ValueError(
-            f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
-        ) from None
+    return ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]()

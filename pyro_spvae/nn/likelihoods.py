@@ -4,7 +4,10 @@ Contract (``CONTRIBUTING.md``): ``make_likelihood(name, event_shape) -> Likeliho
 ``lik.num_params`` decoder output channels per input channel; ``lik(params)`` maps decoder output
 of shape ``(..., num_params * C, *rest)`` (``event_shape = (C, *rest)``, e.g. ``(C, H, W)``) to a
 :class:`torch.distributions.Distribution` with ``batch_shape == ...`` and
-``event_shape == event_shape``; ``lik.validate(x)`` raises :class:`ValueError` naming the problem.
+``event_shape == event_shape`` (its ``sample()`` and ``mean`` are how models draw observations);
+``lik.validate(x)`` raises :class:`TypeError`/:class:`ValueError` naming the problem, and
+``lik.check_support(x)`` checks the support only (any shape). :func:`check_observations` is the
+data check shared by models and guides (NaN = missing where allowed).
 
 Channel layout of ``params``: parameter-major, i.e. channels ``[j * C, (j + 1) * C)`` hold
 parameter ``j`` (for ``"categorical"``, ``j`` is the level ``0..255``).
@@ -14,11 +17,15 @@ name               num_params  distribution per element
 =================  ==========  ==============================================================
 ``bernoulli``      1           ``Bernoulli(logits)`` on ``{0, 1}``
 ``gaussian``       1 or 2      ``Normal(loc, scale)``; ``scale="global"``: learnt per-element
-                               log-precision parameter (the SPVAE paper's learnt precision,
-                               Tan & Peharz 2019); ``scale="predicted"``: ``softplus`` of a
-                               second decoder output
+                               log-precision parameter (shared by all inputs);
+                               ``scale="predicted"``: ``softplus`` of a second decoder output;
+                               ``scale="precision"``: precision ``1 + g^2`` of a second decoder
+                               output ``g`` (the SPVAE reference, Tan & Peharz 2019, usually with
+                               ``loc="sigmoid"``); ``scale="log_scale"``: ``exp`` of a second
+                               input (e.g. a model's own log-scale parameter)
 ``binomial``       1           :class:`~pyro_spvae.distributions.BinomialGrid` ``(255, logits)``
-                               on ``{k / 255}`` (SPVAE paper, discrete MNIST)
+                               on ``{k / 255}`` (SPVAE paper, discrete MNIST); ``eps > 0``: the
+                               reference's squeezed ``p`` (:class:`SqueezedBinomialGrid`)
 ``logistic``       2           :class:`~pyro_spvae.distributions.DiscretizedLogistic`
                                ``(loc, exp(log_scale))`` (Salimans et al. 2017, eq. 2)
 ``categorical``    256         :class:`~pyro_spvae.distributions.CategoricalGrid` (256-way
@@ -37,11 +44,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, constraints
 
+from pyro_spvae.validation import (
+    check_choice,
+    check_event_shape,
+    check_float_tensor,
+    check_floating_dtype,
+    check_input_like,
+    check_int,
+    check_positive_float,
+    check_positive_int,
+    check_real,
+)
+
 from ..distributions.binomial_grid import BinomialGrid
 from ..distributions.categorical_grid import CategoricalGrid
 from ..distributions.discretized_logistic import DiscretizedLogistic
 from ..distributions.grid import GridConstraint
-from pyro_spvae.validation import check_event_shape, check_float_tensor, check_floating_dtype, check_positive_int
+from .reference_likelihoods import SqueezedBinomialGrid, precision_gaussian_log_lik, squeezed_count_log_pmf
 
 __all__ = [
     "Likelihood",
@@ -51,8 +70,45 @@ __all__ = [
     "LogisticLikelihood",
     "CategoricalLikelihood",
     "LIKELIHOODS",
+    "SqueezedBinomialGrid",
+    "check_observations",
     "make_likelihood",
+    "precision_gaussian_log_lik",
+    "squeezed_count_log_pmf",
 ]
+
+def check_observations(x: object, event_shape: Sequence[int], *, batch_dims: int | None = None,
+                       allow_missing: bool = False, like: torch.Tensor | None = None,
+                       name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a batch of observations given to a model or a guide, with ``NaN`` = missing if allowed.
+
+    In order: a floating-point tensor (:func:`~pyro_spvae.validation.check_floating_dtype`); the
+    dtype and device of ``like`` (a module parameter or buffer,
+    :func:`~pyro_spvae.validation.check_input_like`); then, with the missing entries set to 0
+    (which lies in the support of every likelihood here), shape ``(B_1..B_n, *event_shape)`` with
+    ``batch_dims`` leading dims and no empty batch, and no NaN (unless ``allow_missing``) or
+    infinite entries (:func:`~pyro_spvae.validation.check_float_tensor`).
+
+    :param x: the observations.
+    :param event_shape: the shape of one observation.
+    :param batch_dims: exact number of leading batch dims (``None``: any).
+    :param allow_missing: accept ``NaN`` entries as missing values.
+    :param like: fixes the dtype and device ``x`` must have, or ``None``.
+    :param name: the name used in error messages.
+    :returns: ``x`` itself and ``x`` with its missing entries set to 0 (``x`` again when none is).
+    :raises TypeError: if ``x`` is not a tensor.
+    :raises ValueError: naming the problem otherwise.
+    """
+    x = check_floating_dtype(name, x)
+    if like is not None:
+        check_input_like(name, x, like)
+    observed = x
+    if allow_missing:
+        missing = torch.isnan(x)
+        if bool(missing.any()):
+            observed = torch.where(missing, torch.zeros_like(x), x)
+    check_float_tensor(name, observed, tuple(event_shape), batch_dims=batch_dims)
+    return x, observed
 
 
 class Likelihood(nn.Module):
@@ -62,12 +118,14 @@ class Likelihood(nn.Module):
         whose first entry is the channel axis is accepted).
 
     Attributes: :attr:`name`, :attr:`num_params`, :attr:`event_shape`, :attr:`support` (an
-    elementwise constraint) and :attr:`support_description` (for error messages).
+    elementwise constraint), :attr:`support_description` and :attr:`support_hint` (for error
+    messages) and :attr:`label` (a display name such as ``"Binomial(255)"``).
     """
 
     name: str = ""
     support: constraints.Constraint = constraints.real
     support_description: str = "real numbers"
+    support_hint: str = ""
 
     def __init__(self, event_shape: Sequence[int]) -> None:
         super().__init__()
@@ -99,21 +157,48 @@ class Likelihood(nn.Module):
     def _param(self, split: torch.Tensor, j: int) -> torch.Tensor:
         return split.select(split.dim() - len(self.event_shape) - 1, j)
 
-    def validate(self, x: object) -> torch.Tensor:
-        """Check observations ``x`` of shape ``(..., *event_shape)`` and return them.
+    @property
+    def label(self) -> str:
+        """Display name of the distribution, e.g. ``"Bernoulli"``."""
+        return self.name.capitalize()
 
-        :raises TypeError: if ``x`` is not a tensor.
-        :raises ValueError: for a non-floating dtype, a wrong trailing shape, NaN/inf entries or
-            values outside the support of this likelihood.
+    def check_support(self, x: torch.Tensor, name: str = "x", what: str | None = None) -> torch.Tensor:
+        """Check that every entry of ``x`` (any shape, no NaN) lies in :attr:`support`; return ``x``.
+
+        :param name: the name used in error messages.
+        :param what: how the message names this likelihood (default ``"'<name>' likelihood"``).
+        :raises ValueError: naming the number of bad values and a few of them.
         """
-        x = check_float_tensor("x", x, self.event_shape)
+        if self.support is constraints.real:
+            return x
         ok = self.support.check(x)
         if not bool(ok.all()):
             bad = x[~ok]
+            what = f"{self.name!r} likelihood" if what is None else what
             raise ValueError(
-                f"x has {bad.numel()} values outside the support of the {self.name!r} likelihood "
-                f"({self.support_description}), e.g. {bad.flatten()[:3].tolist()}"
+                f"{name} has {bad.numel()} values outside the support of the {what} "
+                f"({self.support_description}), e.g. {bad.flatten()[:3].tolist()}" + self.support_hint
             )
+        return x
+
+    def validate(self, x: object, *, batch_dims: int | None = None, allow_missing: bool = False,
+                 like: torch.Tensor | None = None, what: str | None = None) -> torch.Tensor:
+        """Check observations ``x`` of shape ``(..., *event_shape)`` and return them.
+
+        :func:`check_observations` (tensor, floating dtype, ``like``'s dtype and device, shape,
+        ``NaN``/inf), then :meth:`check_support` on the observed entries.
+
+        :param batch_dims: exact number of leading batch dims (``None``: any).
+        :param allow_missing: accept ``NaN`` entries as missing values.
+        :param like: fixes the dtype and device ``x`` must have, or ``None``.
+        :param what: how error messages name this likelihood (see :meth:`check_support`).
+        :raises TypeError: if ``x`` is not a tensor.
+        :raises ValueError: for a non-floating dtype, a wrong shape, NaN (unless ``allow_missing``)
+            or inf entries or values outside the support of this likelihood.
+        """
+        x, observed = check_observations(x, self.event_shape, batch_dims=batch_dims,
+                                         allow_missing=allow_missing, like=like)
+        self.check_support(observed, what=what)
         return x
 
     def forward(self, params: torch.Tensor) -> Distribution:
@@ -150,25 +235,33 @@ class GaussianLikelihood(Likelihood):
     :param event_shape: observation shape.
     :param scale: ``"global"`` (default): a learnt per-element log-precision parameter
         ``log_precision`` of shape ``event_shape`` shared by all inputs, ``scale =
-        exp(-log_precision / 2)``, as in the SPVAE paper's continuous MNIST model (Tan & Peharz 2019);
-        ``"predicted"``: the decoder also outputs ``raw`` and ``scale = softplus(raw)``.
+        exp(-log_precision / 2)``;
+        ``"predicted"``: the decoder also outputs ``raw`` and ``scale = softplus(raw)``;
+        ``"precision"``: the decoder also outputs ``g`` and the precision is ``1 + g^2`` per input
+        and element (``scale <= 1``; the SPVAE reference code, Tan & Peharz 2019; ``min_scale`` is
+        not added);
+        ``"log_scale"``: the second input is the log standard deviation, ``scale = exp(log_scale)``
+        (for a model that holds its own scale parameters, e.g. the per-leaf scales of SPVAE).
     :param min_scale: lower bound added to the scale (numerical safety), ``>= 0``.
     :param init_scale: initial scale of the ``"global"`` parameter, ``> 0``.
+    :param loc: ``"identity"`` (default): the first output is the mean; ``"sigmoid"``: the mean is
+        its sigmoid (data in ``[0, 1]``, as in the SPVAE reference).
     """
 
     name = "gaussian"
 
+    #: The ``scale`` modes.
+    SCALES: tuple[str, ...] = ("global", "predicted", "precision", "log_scale")
+    #: The ``loc`` modes.
+    LOCS: tuple[str, ...] = ("identity", "sigmoid")
+
     def __init__(self, event_shape: Sequence[int], scale: str = "global", min_scale: float = 1e-4,
-                 init_scale: float = 1.0) -> None:
+                 init_scale: float = 1.0, loc: str = "identity") -> None:
         super().__init__(event_shape)
-        if scale not in ("global", "predicted"):
-            raise ValueError(f"gaussian scale must be 'global' or 'predicted', got {scale!r}")
-        if not isinstance(min_scale, (int, float)) or not math.isfinite(min_scale) or min_scale < 0:
-            raise ValueError(f"min_scale must be a finite float >= 0, got {min_scale!r}")
-        if not isinstance(init_scale, (int, float)) or not math.isfinite(init_scale) or init_scale <= 0:
-            raise ValueError(f"init_scale must be a finite float > 0, got {init_scale!r}")
-        self.scale_mode = scale
-        self.min_scale = float(min_scale)
+        self.scale_mode = check_choice("gaussian scale", scale, self.SCALES)
+        self.loc_mode = check_choice("gaussian loc", loc, self.LOCS)
+        self.min_scale = check_real("min_scale", min_scale, 0.0)
+        init_scale = check_positive_float("init_scale", init_scale)
         if scale == "global":
             self.log_precision = nn.Parameter(torch.full(self.event_shape, -2.0 * math.log(init_scale)))
 
@@ -186,10 +279,17 @@ class GaussianLikelihood(Likelihood):
     def forward(self, params: torch.Tensor) -> Distribution:
         split = self._split(params)
         loc = self._param(split, 0)
+        if self.loc_mode == "sigmoid":
+            loc = torch.sigmoid(loc)
         if self.scale_mode == "global":
             scale = torch.exp(-0.5 * self.log_precision) + self.min_scale
-        else:
+        elif self.scale_mode == "predicted":
             scale = F.softplus(self._param(split, 1)) + self.min_scale
+        elif self.scale_mode == "precision":
+            g = self._param(split, 1)
+            scale = torch.rsqrt(1.0 + g * g)
+        else:
+            scale = torch.exp(self._param(split, 1)) + self.min_scale
         loc, scale = torch.broadcast_tensors(loc, scale)
         return self._independent(dist.Normal(loc, scale))
 
@@ -199,15 +299,25 @@ class BinomialLikelihood(Likelihood):
     the SPVAE paper's discrete likelihood). ``num_params = 1``.
 
     :param total_count: number of trials ``n``.
+    :param eps: ``0`` (default): the exact Binomial of ``sigmoid(logits)``; ``eps > 0``: the SPVAE
+        reference's squeezed success probability and log-pmf (:class:`SqueezedBinomialGrid`, the
+        reference uses ``1e-7``).
     """
 
     name = "binomial"
 
-    def __init__(self, event_shape: Sequence[int], total_count: int = 255) -> None:
+    def __init__(self, event_shape: Sequence[int], total_count: int = 255, eps: float = 0.0) -> None:
         super().__init__(event_shape)
         self.total_count = check_positive_int("total_count", total_count)
+        self.eps = check_real("eps", eps, 0.0, 0.5, high_open=True)
         self.support = GridConstraint(self.total_count + 1)
         self.support_description = f"the grid k/{self.total_count}, k = 0..{self.total_count}"
+
+    support_hint = "; use the 'spvae-discrete' transform"
+
+    @property
+    def label(self) -> str:
+        return f"Binomial({self.total_count})"
 
     @property
     def num_params(self) -> int:
@@ -215,6 +325,8 @@ class BinomialLikelihood(Likelihood):
 
     def forward(self, params: torch.Tensor) -> Distribution:
         logits = self._param(self._split(params), 0)
+        if self.eps > 0:
+            return self._independent(SqueezedBinomialGrid(self.total_count, logits=logits, eps=self.eps))
         return self._independent(BinomialGrid(self.total_count, logits=logits))
 
 
@@ -231,12 +343,8 @@ class LogisticLikelihood(Likelihood):
     def __init__(self, event_shape: Sequence[int], num_levels: int = 256,
                  min_log_scale: float = -7.0) -> None:
         super().__init__(event_shape)
-        self.num_levels = check_positive_int("num_levels", num_levels)
-        if self.num_levels < 2:
-            raise ValueError(f"num_levels must be >= 2, got {num_levels}")
-        if not isinstance(min_log_scale, (int, float)) or not math.isfinite(min_log_scale):
-            raise ValueError(f"min_log_scale must be a finite float, got {min_log_scale!r}")
-        self.min_log_scale = float(min_log_scale)
+        self.num_levels = check_int("num_levels", num_levels, 2)
+        self.min_log_scale = check_real("min_log_scale", min_log_scale)
         self.support = GridConstraint(self.num_levels)
         self.support_description = f"the grid k/{self.num_levels - 1}, k = 0..{self.num_levels - 1}"
 
@@ -262,9 +370,7 @@ class CategoricalLikelihood(Likelihood):
 
     def __init__(self, event_shape: Sequence[int], num_levels: int = 256) -> None:
         super().__init__(event_shape)
-        self.num_levels = check_positive_int("num_levels", num_levels)
-        if self.num_levels < 2:
-            raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+        self.num_levels = check_int("num_levels", num_levels, 2)
         self.support = GridConstraint(self.num_levels)
         self.support_description = f"the grid k/{self.num_levels - 1}, k = 0..{self.num_levels - 1}"
 

@@ -1,6 +1,6 @@
 """Many small networks evaluated as ONE stacked network.
 
-SPVAE (Tan & Peharz, ICML 2019; ``DESIGN.md`` §3) has one small VAE per leaf of the
+SPVAE (Tan & Peharz, ICML 2019; see ``docs/spvae.md``) has one small VAE per leaf of the
 sum-product network (32 leaf VAEs with softplus MLPs ``(30, 30)`` and ``nz = 25`` on MNIST).
 Running them one by one costs a kernel launch per layer and per leaf, which is what makes the
 paper's reference code 5-70x slower than a plain VAE. Here the ``N = num_nets`` networks share
@@ -14,175 +14,58 @@ batch dims. Net ``n`` of a stacked module computes exactly what a separate
 :class:`~torch.nn.Linear` / :class:`~pyro_spvae.nn.MLP` / :class:`~pyro_spvae.nn.ConvEncoder` /
 :class:`~pyro_spvae.nn.ConvDecoder` with the same weights computes (see ``from_modules``), and
 is initialised from the same distribution as that module.
+
+The dense stacked networks (:class:`StackedLinear`, :class:`StackedMLP` and :class:`StackedHeads`,
+separate stacked networks per output head) live in :mod:`pyro_spvae.nn.stacked_dense` and are
+re-exported here; this module holds the convolutional ones.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_spvae.validation import check_choice, check_network_input, check_positive_int
+
 from .activations import get_activation
-from pyro_spvae.validation import check_hidden, check_input_like, check_positive_int
-from .conv import ConvDecoder, ConvEncoder, _check_image_args, conv_spatial_sizes
-from .mlp import MLP
+from .conv import (
+    OUT_LAYERS,
+    ConvDecoder,
+    ConvEncoder,
+    check_conv_args,
+    check_stride,
+    conv_spatial_sizes,
+    deconv_output_padding,
+    init_conv_,
+)
+from .mlp import check_init
+from .stacked_dense import StackedHeads, StackedLinear, StackedMLP
 
 __all__ = [
     "StackedLinear",
     "StackedMLP",
     "StackedConvEncoder",
     "StackedConvDecoder",
+    "StackedHeads",
     "conv_taps",
     "conv_matrix",
 ]
 
+
+def _stacked_conv_args(num_nets: object, event_shape: object, channels: object
+                       ) -> tuple[int, tuple[int, int, int], tuple[int, ...]]:
+    """Validated ``(num_nets, event_shape, channels)`` of a stacked convolutional network."""
+    return (check_positive_int("num_nets", num_nets), *check_conv_args(event_shape, channels))
+
+
+#: Implementations of the stacked convolutions (see :class:`StackedConvEncoder`).
+IMPLS = ("auto", "matmul", "conv")
+
 #: ``impl="auto"`` uses the matrix form when every layer's per-net matrix has at most this many entries.
 MATMUL_MAX_ENTRIES = 1 << 17
-
-
-def _check_net_axis(name: str, x: torch.Tensor, num_nets: int, feature_shape: tuple[int, ...],
-                    like: torch.Tensor) -> None:
-    check_input_like(f"{name} input", x, like)
-    n = len(feature_shape) + 1
-    if x.dim() < n or tuple(x.shape[x.dim() - n:]) != (num_nets, *feature_shape):
-        expected = ", ".join(str(s) for s in (num_nets, *feature_shape))
-        raise ValueError(f"{name} input has shape {tuple(x.shape)}, expected (..., {expected})")
-
-
-class StackedLinear(nn.Module):
-    """``num_nets`` independent affine maps ``y_n = W_n x_n + b_n`` as one batched matmul.
-
-    :param num_nets: number of networks ``N``.
-    :param in_features: input width ``D_in`` of every net.
-    :param out_features: output width ``D_out`` of every net.
-
-    Parameters: ``weight`` of shape ``(N, D_out, D_in)`` (``weight[n]`` is laid out like
-    ``nn.Linear.weight``) and ``bias`` of shape ``(N, D_out)``. Each net is initialised like
-    :class:`torch.nn.Linear`: entries ``~ U(-1/sqrt(D_in), 1/sqrt(D_in))``.
-
-    Shapes: ``(..., N, D_in) -> (..., N, D_out)``.
-    """
-
-    def __init__(self, num_nets: int, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.num_nets = check_positive_int("num_nets", num_nets)
-        self.in_features = check_positive_int("in_features", in_features)
-        self.out_features = check_positive_int("out_features", out_features)
-        self.weight = nn.Parameter(torch.empty(self.num_nets, self.out_features, self.in_features))
-        self.bias = nn.Parameter(torch.empty(self.num_nets, self.out_features))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Per-net ``nn.Linear`` initialisation (Kaiming-uniform with ``a = sqrt(5)``, i.e.
-        ``U(-1/sqrt(D_in), 1/sqrt(D_in))`` for weights and biases)."""
-        bound = 1.0 / math.sqrt(self.in_features)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            self.bias.uniform_(-bound, bound)
-
-    @classmethod
-    def from_modules(cls, linears: Sequence[nn.Linear]) -> StackedLinear:
-        """Stack copies of the weights of separate :class:`torch.nn.Linear` layers (same shapes)."""
-        if len(linears) == 0:
-            raise ValueError("from_modules needs at least one nn.Linear")
-        first = linears[0]
-        if any(not isinstance(m, nn.Linear) or m.weight.shape != first.weight.shape for m in linears):
-            raise ValueError("from_modules needs nn.Linear layers with identical in/out features")
-        out = cls(len(linears), first.in_features, first.out_features).to(first.weight)
-        with torch.no_grad():
-            out.weight.copy_(torch.stack([m.weight for m in linears]))
-            if any(m.bias is None for m in linears):
-                raise ValueError("from_modules needs nn.Linear layers with a bias")
-            out.bias.copy_(torch.stack([m.bias for m in linears]))
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply net ``n`` to ``x[..., n, :]``; ``(..., N, D_in) -> (..., N, D_out)``."""
-        _check_net_axis("StackedLinear", x, self.num_nets, (self.in_features,), self.weight)
-        batch = x.shape[:-2]
-        xt = x.reshape(-1, self.num_nets, self.in_features).transpose(0, 1)  # (N, B, D_in)
-        y = self.forward_net_major(xt)  # (N, B, D_out)
-        return y.transpose(0, 1).reshape(*batch, self.num_nets, self.out_features)
-
-    def forward_net_major(self, x: torch.Tensor) -> torch.Tensor:
-        """Net-major fast path without checks: ``(N, M, D_in) -> (N, M, D_out)``, one ``baddbmm``."""
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
-
-    def extra_repr(self) -> str:
-        return f"num_nets={self.num_nets}, in_features={self.in_features}, out_features={self.out_features}"
-
-
-class StackedMLP(nn.Module):
-    """``num_nets`` independent :class:`~pyro_spvae.nn.MLP` s with identical architecture.
-
-    :param num_nets: number of networks ``N``.
-    :param in_dim: input width of every net.
-    :param hidden: hidden widths (may be empty).
-    :param out_dim: output width of every net.
-    :param activation: activation name or module (after every hidden layer).
-    :param output_activation: optional activation on the output.
-
-    Shapes: ``(..., N, in_dim) -> (..., N, out_dim)``.
-    """
-
-    def __init__(self, num_nets: int, in_dim: int, hidden: Sequence[int] | int, out_dim: int,
-                 activation: str | nn.Module = "softplus",
-                 output_activation: str | nn.Module | None = None) -> None:
-        super().__init__()
-        self.num_nets = check_positive_int("num_nets", num_nets)
-        self.in_dim = check_positive_int("in_dim", in_dim)
-        self.out_dim = check_positive_int("out_dim", out_dim)
-        self.hidden = check_hidden("hidden", hidden)
-        widths = (self.in_dim, *self.hidden, self.out_dim)
-        self.layers = nn.ModuleList(
-            StackedLinear(self.num_nets, a, b) for a, b in zip(widths[:-1], widths[1:])
-        )
-        self.activation = get_activation(activation)
-        self.output_activation = None if output_activation is None else get_activation(output_activation)
-
-    @classmethod
-    def from_modules(cls, mlps: Sequence[MLP]) -> StackedMLP:
-        """Stack copies of separate :class:`~pyro_spvae.nn.MLP` s (same widths and activations)."""
-        if len(mlps) == 0:
-            raise ValueError("from_modules needs at least one MLP")
-        first = mlps[0]
-        if any(m.hidden != first.hidden or m.in_dim != first.in_dim or m.out_dim != first.out_dim
-               for m in mlps):
-            raise ValueError("from_modules needs MLPs with identical widths")
-        out = cls(len(mlps), first.in_dim, first.hidden, first.out_dim, activation=first.activation,
-                  output_activation=first.output_activation).to(first.layers[0].weight)
-        for i, layer in enumerate(out.layers):
-            stacked = StackedLinear.from_modules([m.layers[i] for m in mlps])
-            with torch.no_grad():
-                layer.weight.copy_(stacked.weight)
-                layer.bias.copy_(stacked.bias)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply net ``n`` to ``x[..., n, :]``; ``(..., N, in_dim) -> (..., N, out_dim)``."""
-        _check_net_axis("StackedMLP", x, self.num_nets, (self.in_dim,), self.layers[0].weight)
-        batch = x.shape[:-2]
-        # one transpose in and one out: the layers run net-major, one baddbmm each, no copies between
-        y = self.forward_net_major(x.reshape(-1, self.num_nets, self.in_dim).transpose(0, 1))
-        return y.transpose(0, 1).reshape(*batch, self.num_nets, self.out_dim)
-
-    def forward_net_major(self, x: torch.Tensor) -> torch.Tensor:
-        """Net-major fast path without input checks: ``(N, M, in_dim) -> (N, M, out_dim)``.
-
-        Each layer is one ``baddbmm`` on ``(N, M, .)`` tensors; callers that keep their data net-major
-        (e.g. SPVAE's leaf likelihoods) avoid every layout copy.
-        """
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = layer.forward_net_major(x)
-            if i < last:
-                x = self.activation(x)
-        if self.output_activation is not None:
-            x = self.output_activation(x)
-        return x
 
 
 def conv_taps(in_hw: tuple[int, int], conv: nn.Conv2d | nn.ConvTranspose2d) -> torch.Tensor:
@@ -230,12 +113,6 @@ def conv_matrix(conv: nn.Conv2d | nn.ConvTranspose2d, taps: torch.Tensor,
     q = taps.shape[1]
     bias = conv.bias.reshape(n, 1, c_out, 1).expand(n, 1, c_out, q).reshape(n, 1, c_out * q)
     return m.reshape(n, c_in * taps.shape[0], c_out * q), bias
-
-
-def _check_impl(impl: str) -> str:
-    if impl not in ("auto", "matmul", "conv"):
-        raise ValueError(f"impl must be 'auto', 'matmul' or 'conv', got {impl!r}")
-    return impl
 
 
 class _ConvMatrices(nn.Module):
@@ -305,6 +182,8 @@ class StackedConvEncoder(nn.Module):
     :param channels: per-net convolution widths.
     :param hidden: per-net hidden widths of the MLP after the convolutions.
     :param activation: activation name or module.
+    :param stride: stride of every convolution (see :class:`~pyro_spvae.nn.ConvEncoder`).
+    :param init: ``"torch"`` or ``"tf1"``.
     :param impl: ``"conv"``: grouped convolutions; ``"matmul"``: each convolution as one ``baddbmm``
         with its dense per-net matrix (:func:`conv_matrix`; faster on CPU for small images such as
         SPVAE's 7x7 patches although it does more FLOPs, see ``benchmarks/bench_spvae.py``);
@@ -318,24 +197,30 @@ class StackedConvEncoder(nn.Module):
 
     def __init__(self, num_nets: int, event_shape: Sequence[int], out_dim: int,
                  channels: Sequence[int] = (32, 64), hidden: Sequence[int] = (),
-                 activation: str | nn.Module = "relu", impl: str = "auto") -> None:
+                 activation: str | nn.Module = "relu", stride: int = 2, init: str = "torch",
+                 impl: str = "auto") -> None:
         super().__init__()
-        self.num_nets = check_positive_int("num_nets", num_nets)
-        self.event_shape, self.channels = _check_image_args(event_shape, channels)
+        self.num_nets, self.event_shape, self.channels = _stacked_conv_args(num_nets, event_shape, channels)
         self.out_dim = check_positive_int("out_dim", out_dim)
+        self.stride, self.init = check_stride(stride), check_init(init)
         n = self.num_nets
         c, h, w = self.event_shape
         widths = (c, *self.channels)
         self.convs = nn.ModuleList(
-            nn.Conv2d(n * a, n * b, 3, stride=2, padding=1, groups=n) for a, b in zip(widths[:-1], widths[1:])
+            nn.Conv2d(n * a, n * b, 3, stride=self.stride, padding=1, groups=n)
+            for a, b in zip(widths[:-1], widths[1:])
         )
+        if self.init == "tf1":
+            for conv in self.convs:
+                init_conv_(conv, out_blocks=n)
         self.activation = get_activation(activation)
-        hs = conv_spatial_sizes(h, len(self.channels))
-        ws = conv_spatial_sizes(w, len(self.channels))
+        hs = conv_spatial_sizes(h, len(self.channels), self.stride)
+        ws = conv_spatial_sizes(w, len(self.channels), self.stride)
         self.flat_dim = self.channels[-1] * hs[-1] * ws[-1]
-        self.mlp = StackedMLP(n, self.flat_dim, hidden, self.out_dim, activation=self.activation)
+        self.mlp = StackedMLP(n, self.flat_dim, hidden, self.out_dim, activation=self.activation,
+                              init=self.init)
         self.matrices = _ConvMatrices(self.convs, list(zip(hs[:-1], ws[:-1])), n)
-        self.impl = _check_impl(impl)
+        self.impl = check_choice("impl", impl, IMPLS)
         self.use_matmul = impl == "matmul" or (
             impl == "auto" and self.matrices.entries(self.convs) <= MATMUL_MAX_ENTRIES
         )
@@ -347,7 +232,7 @@ class StackedConvEncoder(nn.Module):
             raise ValueError("from_modules needs at least one ConvEncoder")
         first = encoders[0]
         out = cls(len(encoders), first.event_shape, first.out_dim, first.channels, first.mlp.hidden,
-                  activation=first.activation, impl=impl).to(first.convs[0].weight)
+                  activation=first.activation, stride=first.stride, impl=impl).to(first.convs[0].weight)
         for i, conv in enumerate(out.convs):
             _copy_grouped(conv, [e.convs[i] for e in encoders])
         out.mlp = StackedMLP.from_modules([e.mlp for e in encoders])
@@ -355,7 +240,8 @@ class StackedConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode ``x`` of shape ``(..., N, C, h, w)``; returns ``(..., N, out_dim)``."""
-        _check_net_axis("StackedConvEncoder", x, self.num_nets, self.event_shape, self.convs[0].weight)
+        check_network_input("StackedConvEncoder input", x, self.convs[0].weight,
+                            (self.num_nets, *self.event_shape))
         batch = x.shape[:-4]
         c, h, w = self.event_shape
         if self.use_matmul:
@@ -388,6 +274,10 @@ class StackedConvDecoder(nn.Module):
     :param channels: per-net encoder channel widths (used in reverse).
     :param hidden: per-net hidden widths of the MLP before the transposed convolutions.
     :param activation: activation name or module.
+    :param stride: stride of the transposed convolutions.
+    :param out_layer: ``"conv"`` or ``"deconv"`` (see :class:`~pyro_spvae.nn.ConvDecoder`).
+    :param init: ``"torch"`` or ``"tf1"``.
+    :param heads: separate linear heads per net in the output channels (``"tf1"`` fan-out only).
     :param impl: ``"conv"``, ``"matmul"`` or ``"auto"``, as for :class:`StackedConvEncoder`.
 
     Shapes: ``(..., N, in_dim) -> (..., N, out_channels, h, w)``; :meth:`forward_net_major`
@@ -396,34 +286,46 @@ class StackedConvDecoder(nn.Module):
 
     def __init__(self, num_nets: int, in_dim: int, event_shape: Sequence[int], out_channels: int,
                  channels: Sequence[int] = (32, 64), hidden: Sequence[int] = (),
-                 activation: str | nn.Module = "relu", impl: str = "auto") -> None:
+                 activation: str | nn.Module = "relu", stride: int = 2, out_layer: str = "conv",
+                 init: str = "torch", heads: int = 1, impl: str = "auto") -> None:
         super().__init__()
-        self.num_nets = check_positive_int("num_nets", num_nets)
-        self.event_shape, self.channels = _check_image_args(event_shape, channels)
+        self.num_nets, self.event_shape, self.channels = _stacked_conv_args(num_nets, event_shape, channels)
         self.in_dim = check_positive_int("in_dim", in_dim)
         self.out_channels = check_positive_int("out_channels", out_channels)
-        n = self.num_nets
+        self.stride, self.init = check_stride(stride), check_init(init)
+        self.out_layer = check_choice("out_layer", out_layer, OUT_LAYERS)
+        n, heads = self.num_nets, check_positive_int("heads", heads)
         _, h, w = self.event_shape
-        self.hs = conv_spatial_sizes(h, len(self.channels))
-        self.ws = conv_spatial_sizes(w, len(self.channels))
+        self.hs = conv_spatial_sizes(h, len(self.channels), self.stride)
+        self.ws = conv_spatial_sizes(w, len(self.channels), self.stride)
         self.activation = get_activation(activation)
         self.mlp = StackedMLP(n, self.in_dim, hidden, self.channels[-1] * self.hs[-1] * self.ws[-1],
-                              activation=self.activation)
-        chans = (self.channels[0], *self.channels)
+                              activation=self.activation, init=self.init)
+        chans = (self.out_channels if out_layer == "deconv" else self.channels[0], *self.channels)
         layers = []
         for i in range(len(self.channels), 0, -1):
-            oph = self.hs[i - 1] - (2 * self.hs[i] - 1)
-            opw = self.ws[i - 1] - (2 * self.ws[i] - 1)
-            layers.append(nn.ConvTranspose2d(n * chans[i], n * chans[i - 1], 3, stride=2, padding=1,
-                                             output_padding=(oph, opw), groups=n))
+            op = (deconv_output_padding(self.hs[i], self.hs[i - 1], self.stride),
+                  deconv_output_padding(self.ws[i], self.ws[i - 1], self.stride))
+            layers.append(nn.ConvTranspose2d(n * chans[i], n * chans[i - 1], 3, stride=self.stride, padding=1,
+                                             output_padding=op, groups=n))
         self.deconvs = nn.ModuleList(layers)
-        self.out_conv = nn.Conv2d(n * chans[0], n * self.out_channels, 3, padding=1, groups=n)
+        self.out_conv = (nn.Conv2d(n * chans[0], n * self.out_channels, 3, padding=1, groups=n)
+                         if out_layer == "conv" else None)
+        if self.init == "tf1":
+            for layer in self.layers[:-1]:
+                init_conv_(layer, out_blocks=n)
+            init_conv_(self.layers[-1], out_blocks=n * heads)
         in_sizes = [(self.hs[i], self.ws[i]) for i in range(len(self.channels), -1, -1)]
-        self.matrices = _ConvMatrices([*self.deconvs, self.out_conv], in_sizes, n)
-        self.impl = _check_impl(impl)
+        self.matrices = _ConvMatrices(self.layers, in_sizes, n)
+        self.impl = check_choice("impl", impl, IMPLS)
         self.use_matmul = impl == "matmul" or (
-            impl == "auto" and self.matrices.entries([*self.deconvs, self.out_conv]) <= MATMUL_MAX_ENTRIES
+            impl == "auto" and self.matrices.entries(self.layers) <= MATMUL_MAX_ENTRIES
         )
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The (transposed) convolutions in order, the output layer last."""
+        return [*self.deconvs] + ([self.out_conv] if self.out_conv is not None else [])
 
     @classmethod
     def from_modules(cls, decoders: Sequence[ConvDecoder], impl: str = "auto") -> StackedConvDecoder:
@@ -432,16 +334,19 @@ class StackedConvDecoder(nn.Module):
             raise ValueError("from_modules needs at least one ConvDecoder")
         first = decoders[0]
         out = cls(len(decoders), first.in_dim, first.event_shape, first.out_channels, first.channels,
-                  first.mlp.hidden, activation=first.activation, impl=impl).to(first.out_conv.weight)
+                  first.mlp.hidden, activation=first.activation, stride=first.stride,
+                  out_layer=first.out_layer, impl=impl).to(first.output_layer.weight)
         out.mlp = StackedMLP.from_modules([d.mlp for d in decoders])
         for i, deconv in enumerate(out.deconvs):
             _copy_grouped(deconv, [d.deconvs[i] for d in decoders])
-        _copy_grouped(out.out_conv, [d.out_conv for d in decoders])
+        if out.out_conv is not None:
+            _copy_grouped(out.out_conv, [d.out_conv for d in decoders])
         return out
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode ``z`` of shape ``(..., N, in_dim)``; returns ``(..., N, out_channels, h, w)``."""
-        _check_net_axis("StackedConvDecoder", z, self.num_nets, (self.in_dim,), self.out_conv.weight)
+        layers = self.layers
+        check_network_input("StackedConvDecoder input", z, layers[-1].weight, (self.num_nets, self.in_dim))
         batch = z.shape[:-2]
         n = self.num_nets
         if self.use_matmul:
@@ -452,9 +357,9 @@ class StackedConvDecoder(nn.Module):
         # channels-last: oneDNN's grouped (de)convolutions, forward and backward, are several times
         # faster on NHWC than on NCHW tensors on CPU (~5x for the 32-group decoder of the SPVAE)
         y = y.contiguous(memory_format=torch.channels_last)
-        for deconv in self.deconvs:
-            y = self.activation(deconv(y))
-        y = _ChannelsLastGrad.apply(self.out_conv(y))
+        for layer in layers[:-1]:
+            y = self.activation(layer(y))
+        y = _ChannelsLastGrad.apply(layers[-1](y))
         return y.reshape(*batch, n, self.out_channels, self.hs[0], self.ws[0])
 
     def forward_net_major(self, z: torch.Tensor) -> torch.Tensor:
@@ -464,4 +369,4 @@ class StackedConvDecoder(nn.Module):
             y = self.forward(z.transpose(0, 1))
             return y.flatten(-3).transpose(0, 1)
         y = self.activation(self.mlp.forward_net_major(z))
-        return self.matrices(y, [*self.deconvs, self.out_conv], self.activation, last_activation=False)
+        return self.matrices(y, self.layers, self.activation, last_activation=False)

@@ -43,12 +43,25 @@ leaf values given the evidence (zeros when unconditional) returns which leaf com
 sample from.  ``spn.upward(flat_leaf_log_prob, mode)`` exposes all region values (region-major
 ``(R - 1, B, K)``) and per-layer partition values for custom top-down passes.
 
+Leaf scopes (:mod:`.scopes`)::
+
+    scopes = LeafScopes(g)                     # flat variables (..., V)
+    scopes = LeafScopes(g, event_shape=(C, H, W))  # images over the H x W pixels of g
+    scopes.index, scopes.mask                  # (L, S) padded variable indices and valid slots
+    scopes.gather(x)                           # (..., V) -> (..., L, S); (..., C, H, W) -> (..., L, C, S)
+    scopes.scatter(values, active)             # back into variables, NaN where no active region
+
 Layers (:mod:`.layers`): ``EinsumLayer`` (product+sum of all partitions of a layer as one einsum with the
 log-einsum-exp trick) and ``MixingLayer`` (regions with several partitions).  Leaves (:mod:`.leaves`):
 ``BernoulliLeaves``, ``CategoricalLeaves``, ``NormalLeaves``, ``BinomialLeaves``.  The Distribution view
 is :class:`pyro_spvae.distributions.SumProductNetwork`.  ``naive_log_prob`` (:mod:`.reference`) is the
 slow per-node reference used by tests and benchmarks.
 """
+
+# pyro_spvae.distributions (SumProductNetwork) imports this package's network, and the leaves here
+# import pyro_spvae.distributions.counts: loading the distributions first makes both import orders
+# work (the counts module is then complete before the leaves ask for it).
+import pyro_spvae.distributions  # noqa: F401  (import order, see above)
 
 from .layers import EinsumLayer, MixingLayer
 from .leaves import (
@@ -61,7 +74,8 @@ from .leaves import (
 )
 from .network import LEAF_TYPES, SPN, UpwardPass
 from .reference import naive_leaf_log_prob, naive_log_prob
-from .region_graph import Partition, RegionGraph, poon_domingos, random_binary_trees
+from .region_graph import Partition, RegionGraph, poon_domingos, random_binary_trees, region_graph_from_spec
+from .scopes import LeafScopes
 
 __all__ = [
     "BernoulliLeaves",
@@ -71,6 +85,7 @@ __all__ = [
     "ExponentialFamilyLeaves",
     "FactorizedLeaves",
     "LEAF_TYPES",
+    "LeafScopes",
     "MixingLayer",
     "NormalLeaves",
     "Partition",
@@ -81,4 +96,5 @@ __all__ = [
     "naive_log_prob",
     "poon_domingos",
     "random_binary_trees",
+    "region_graph_from_spec",
 ]

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pyro_spvae.validation import check_positive_int
+
 __all__ = ["EinsumLayer", "MixingLayer"]
 
 
@@ -61,9 +63,7 @@ class EinsumLayer(nn.Module):
             raise ValueError(
                 f"left and right must be 1-d of equal length, got {tuple(left.shape)}, {tuple(right.shape)}"
             )
-        for name, v in (("num_in", num_in), ("num_out", num_out)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        num_in, num_out = check_positive_int("num_in", num_in), check_positive_int("num_out", num_out)
         self.num_partitions, self.num_in, self.num_out = P, num_in, num_out
         self.register_buffer("left", left.long(), persistent=False)
         self.register_buffer("right", right.long(), persistent=False)
@@ -164,6 +164,7 @@ class MixingLayer(nn.Module):
                 f"partitions must be a 2-d (regions, max partitions) table, got {tuple(partitions.shape)}"
             )
         R, M = partitions.shape
+        num_out = check_positive_int("num_out", num_out)
         self.num_regions, self.max_partitions, self.num_out = R, M, num_out
         self.register_buffer("partitions", partitions.long(), persistent=False)
         self.register_buffer("valid", partitions >= 0, persistent=False)

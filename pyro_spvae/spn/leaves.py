@@ -13,6 +13,10 @@ einsum ``(B, L, S, T) x (L, S, K, T) -> (B, L, K)`` over the sufficient statisti
 A missing variable (``NaN``) contributes log-density 0, which marginalises it exactly (Poon &
 Domingos 2011).  In ``mode="max"`` (the max-product semantics used for MPE), a missing variable
 contributes instead the maximum of its log-density over its domain.
+
+The scopes (gather and scatter of the leaf regions' variables) are a
+:class:`~pyro_spvae.spn.scopes.LeafScopes`; the Bernoulli and Binomial log-pmf terms come from
+:mod:`pyro_spvae.distributions.counts`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from pyro_spvae.distributions.counts import count_log_normalizer, count_log_pmf, log_binomial_coefficient
+from pyro_spvae.validation import check_int, check_positive_int
+
 from .region_graph import RegionGraph
+from .scopes import LeafScopes
 
 __all__ = [
     "FactorizedLeaves",
@@ -63,21 +71,22 @@ class FactorizedLeaves(nn.Module):
 
     def __init__(self, graph: RegionGraph, num_components: int) -> None:
         super().__init__()
-        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components <= 0:
-            raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
-        leaves = graph.regions[: graph.num_leaf_regions]
-        S = max(len(r) for r in leaves)
-        index = torch.zeros(len(leaves), S, dtype=torch.long)
-        mask = torch.zeros(len(leaves), S, dtype=torch.bool)
-        for i, r in enumerate(leaves):  # construction only, not on the forward pass
-            index[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = True
+        self.num_components = check_positive_int("num_components", num_components)
+        #: padded variable indices and masks of the leaf regions, ``(L, S)``
+        self.scopes = LeafScopes(graph)
         self.num_vars = graph.num_vars
-        self.num_leaf_regions = len(leaves)
-        self.max_region_size = S
-        self.num_components = num_components
-        self.register_buffer("index", index, persistent=False)
-        self.register_buffer("mask", mask, persistent=False)
+        self.num_leaf_regions = self.scopes.num_regions
+        self.max_region_size = self.scopes.max_size
+
+    @property
+    def index(self) -> Tensor:
+        """``(L, S)`` variable indices of the leaf regions (padding slots: variable 0)."""
+        return self.scopes.index
+
+    @property
+    def mask(self) -> Tensor:
+        """``(L, S)`` bool, the slots holding a variable of their region."""
+        return self.scopes.mask
 
     # --- to implement -------------------------------------------------------------------------
     def _log_prob(self, x: Tensor) -> Tensor:
@@ -105,7 +114,7 @@ class FactorizedLeaves(nn.Module):
             log-density over the domain, for max-product/MPE).
         :returns: ``(B, L, K)`` log-densities of every leaf component.
         """
-        xg = x[:, self.index]  # (B, L, S)
+        xg = self.scopes.gather(x)  # (B, L, S)
         missing = torch.isnan(xg)
         lp = self._log_prob(torch.where(missing, torch.full_like(xg, self._fill_value()), xg))
         if mode == "sum":
@@ -127,12 +136,7 @@ class FactorizedLeaves(nn.Module):
         :returns: ``(B, V)`` values.
         """
         vals = self._sample(k) if mode == "sample" else self._mode(k)  # (B, L, S)
-        B = k.shape[0]
-        active = (k >= 0).unsqueeze(-1) & self.mask  # (B, L, S)
-        idx = torch.where(active, self.index, torch.full_like(self.index, self.num_vars))
-        out = torch.full((B, self.num_vars + 1), math.nan, dtype=vals.dtype, device=vals.device)
-        out.scatter_(1, idx.reshape(B, -1), vals.reshape(B, -1).to(out.dtype))
-        return out[:, : self.num_vars]
+        return self.scopes.scatter(vals, k >= 0)
 
     def extra_repr(self) -> str:
         return (
@@ -173,9 +177,7 @@ class ExponentialFamilyLeaves(FactorizedLeaves):
     def forward(self, x: Tensor, mode: str = "sum") -> Tensor:
         if mode not in ("sum", "max"):
             raise ValueError(f"mode must be 'sum' or 'max', got {mode!r}")
-        B = x.shape[0]
-        L, S = self.index.shape
-        xg = x.index_select(1, self.index.reshape(-1)).view(B, L, S)
+        xg = self.scopes.gather(x)  # (B, L, S)
         missing = torch.isnan(xg)
         observed = (~missing & self.mask).to(x.dtype)
         xg = xg.nan_to_num(self._fill_value(), posinf=math.inf, neginf=-math.inf)
@@ -208,10 +210,10 @@ class BernoulliLeaves(ExponentialFamilyLeaves):
         return self.logits.unsqueeze(-1)
 
     def _log_normalizer(self) -> Tensor:
-        return nn.functional.softplus(self.logits)
+        return count_log_normalizer(self.logits, 1)
 
     def _max_log_prob(self) -> Tensor:
-        return -nn.functional.softplus(-self.logits.abs())
+        return -nn.functional.softplus(-self.logits.abs())  # the larger of log p(0), log p(1)
 
     def _sample(self, k: Tensor) -> Tensor:
         return torch.bernoulli(torch.sigmoid(_select(self.logits, k)))
@@ -227,9 +229,7 @@ class CategoricalLeaves(FactorizedLeaves):
         self, graph: RegionGraph, num_components: int, num_categories: int, init_std: float = 1.0
     ) -> None:
         super().__init__(graph, num_components)
-        if isinstance(num_categories, bool) or not isinstance(num_categories, int) or num_categories < 2:
-            raise ValueError(f"num_categories must be an integer >= 2, got {num_categories!r}")
-        self.num_categories = num_categories
+        self.num_categories = check_int("num_categories", num_categories, 2)
         self.logits = nn.Parameter(
             init_std
             * torch.randn(self.num_leaf_regions, self.max_region_size, num_components, num_categories)
@@ -300,9 +300,7 @@ class BinomialLeaves(ExponentialFamilyLeaves):
         self, graph: RegionGraph, num_components: int, total_count: int, init_std: float = 1.0
     ) -> None:
         super().__init__(graph, num_components)
-        if isinstance(total_count, bool) or not isinstance(total_count, int) or total_count < 1:
-            raise ValueError(f"total_count must be a positive integer, got {total_count!r}")
-        self.total_count = total_count
+        self.total_count = check_positive_int("total_count", total_count)
         self.logits = nn.Parameter(
             init_std * torch.randn(self.num_leaf_regions, self.max_region_size, num_components)
         )
@@ -318,17 +316,15 @@ class BinomialLeaves(ExponentialFamilyLeaves):
         return self.logits.unsqueeze(-1)
 
     def _log_normalizer(self) -> Tensor:
-        return self.total_count * nn.functional.softplus(self.logits)
+        return count_log_normalizer(self.logits, self.total_count)
 
     _has_base_measure = True
 
     def _log_base_measure(self, x: Tensor) -> Tensor:
-        n = float(self.total_count)
-        return math.lgamma(n + 1) - torch.lgamma(x + 1) - torch.lgamma(n - x + 1)
+        return log_binomial_coefficient(self.total_count, x)
 
     def _max_log_prob(self) -> Tensor:
-        mode = self._mode_of(self.logits).detach()
-        return mode * self.logits - self._log_normalizer() + self._log_base_measure(mode)
+        return count_log_pmf(self._mode_of(self.logits).detach(), self.logits, self.total_count)
 
     def _mode_of(self, logits: Tensor) -> Tensor:
         n = self.total_count

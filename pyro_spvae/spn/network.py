@@ -28,18 +28,22 @@ Inference semantics
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+
+from pyro_spvae.validation import check_choice, check_int, check_positive_int, check_real, check_tensor
 
 from .layers import EinsumLayer, MixingLayer
 from .leaves import BernoulliLeaves, BinomialLeaves, CategoricalLeaves, FactorizedLeaves, NormalLeaves
 from .region_graph import RegionGraph
 
-__all__ = ["SPN", "UpwardPass", "LEAF_TYPES"]
+__all__ = ["SPN", "UpwardPass", "LEAF_TYPES", "check_sample_shape", "check_spn_value"]
 
 LEAF_TYPES: dict[str, type[FactorizedLeaves]] = {
     "bernoulli": BernoulliLeaves,
@@ -47,6 +51,53 @@ LEAF_TYPES: dict[str, type[FactorizedLeaves]] = {
     "normal": NormalLeaves,
     "binomial": BinomialLeaves,
 }
+
+
+def check_spn_value(value: object, event_shape: Sequence[int], support: constraints.Constraint, *,
+                    batch_shape: Sequence[int] = (), allow_missing: bool = True,
+                    name: str = "SumProductNetwork value") -> Tensor:
+    """Check a value ``(..., *event_shape)`` given to an SPN (the checks of ``log_prob``, shared by
+    :meth:`SPN.log_prob` and the distribution view :class:`~pyro_spvae.distributions.SumProductNetwork`).
+
+    :param support: the leaves' support (observed entries must lie in it).
+    :param batch_shape: the leading dims must broadcast with it.
+    :param allow_missing: whether ``NaN`` (missing) entries are accepted.
+    :raises TypeError: if ``value`` is not a tensor.
+    :raises ValueError: for a non-floating dtype, a wrong trailing shape, leading dims that do not
+        broadcast, ``NaN`` without ``allow_missing``, infinite entries or observed entries outside
+        ``support`` (e.g. ``0.5`` for Bernoulli leaves, ``2.99`` or ``300`` for 3 categories).
+    """
+    value = check_tensor(name, value)
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (NaN = missing), got {value.dtype}")
+    ev, n = tuple(event_shape), len(event_shape)
+    if value.dim() < n or tuple(value.shape[value.dim() - n :]) != ev:
+        raise ValueError(f"{name} must have shape (..., {', '.join(map(str, ev))}); got {tuple(value.shape)}")
+    lead = value.shape[: value.dim() - n]
+    try:
+        torch.broadcast_shapes(lead, torch.Size(batch_shape))
+    except RuntimeError as err:
+        raise ValueError(f"value batch shape {tuple(lead)} does not broadcast with the distribution's "
+                         f"batch shape {tuple(batch_shape)}") from err
+    missing = torch.isnan(value)
+    if not allow_missing and bool(missing.any()):
+        raise ValueError(f"{name} contains NaN but allow_missing=False")
+    if bool(torch.isinf(value).any()):
+        raise ValueError(f"{name} contains infinite entries")
+    observed = value[~missing]
+    if observed.numel() and not bool(support.check(observed).all()):
+        raise ValueError(f"{name} has entries outside the leaves' support {support}")
+    return value
+
+
+def check_sample_shape(sample_shape: object) -> torch.Size:
+    """``sample_shape`` as a ``torch.Size`` of non-negative ints (``0`` gives an empty sample).
+
+    :raises TypeError: for a non-sequence or non-integer entries; :raises ValueError: for negative ones.
+    """
+    if isinstance(sample_shape, (str, bytes)) or not isinstance(sample_shape, Sequence):
+        raise TypeError(f"sample_shape must be a sequence of ints, got {type(sample_shape).__name__}")
+    return torch.Size(check_int(f"sample_shape[{i}]", d, 0) for i, d in enumerate(sample_shape))
 
 
 class UpwardPass(NamedTuple):
@@ -73,15 +124,8 @@ class _Layer(nn.Module):
         left = torch.tensor([q.left for q in parts])
         right = torch.tensor([q.right for q in parts])
         uniform = bool((sizes == num_in).all())
-        self.einsum = EinsumLayer(
-            left,
-            right,
-            num_in,
-            num_out,
-            None if uniform else sizes[left],
-            None if uniform else sizes[right],
-            init_std=init_std,
-        )
+        self.einsum = EinsumLayer(left, right, num_in, num_out, None if uniform else sizes[left],
+                                  None if uniform else sizes[right], init_std=init_std)
         local: list[list[int]] = [[] for _ in rrange]
         for n, q in enumerate(parts):
             local[q.parent - rrange.start].append(n)
@@ -96,9 +140,8 @@ class _Layer(nn.Module):
         for j, r in enumerate(mixed):
             src[r] = P + j
             row_src[r] = 1 + j
-        self.mixing = (
-            MixingLayer(table[mixed], num_out, init_std=init_std, num_partitions=P) if mixed else None
-        )
+        mixing = MixingLayer(table[mixed], num_out, init_std=init_std, num_partitions=P) if mixed else None
+        self.mixing = mixing
         self.first_region, self.num_regions, self.num_partitions = rrange.start, len(rrange), P
         self.register_buffer("src", src, persistent=False)
         self.register_buffer("table", table, persistent=False)
@@ -125,19 +168,24 @@ class _Layer(nn.Module):
     def mixing_log_weights(self) -> Tensor:
         """``(R_l, M, O)`` log mixing weights of every region of the layer (0 for the single partition)."""
         M, O = self.table.shape[1], self.einsum.num_out
-        single = torch.full(
-            (1, M, O), float("-inf"), dtype=self.einsum.logits.dtype, device=self.table.device
-        )
+        single = self.einsum.logits.new_full((1, M, O), float("-inf"))
         single[:, 0] = 0.0
         if self.mixing is None:
             return single.expand(self.num_regions, M, O)
         return torch.cat([single, self.mixing.log_weights()], dim=0)[self.row_src]
 
 
-def _check_pos_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+def _make_leaves(name: object, graph: RegionGraph, num_components: int, init_std: float,
+                 leaf_kwargs: dict[str, object]) -> FactorizedLeaves:
+    """The built-in leaf layer called ``name`` (a key of :data:`LEAF_TYPES`)."""
+    if not isinstance(name, str):
+        raise TypeError(f"leaves must be a name, a FactorizedLeaves or None; got {type(name).__name__}")
+    cls = LEAF_TYPES[check_choice("leaves", name, LEAF_TYPES)]
+    try:  # unknown or missing leaf arguments (the values are checked by the leaf class)
+        inspect.signature(cls).bind(graph, num_components, init_std=init_std, **leaf_kwargs)
+    except TypeError as err:
+        raise ValueError(f"invalid arguments for {name!r} leaves: {err}") from None
+    return cls(graph, num_components, init_std=init_std, **leaf_kwargs)
 
 
 class SPN(nn.Module):
@@ -153,8 +201,10 @@ class SPN(nn.Module):
     :param init_std: std of the normal initialisation of all weight logits (and leaf parameters).
     :param leaf_kwargs: extra arguments of the leaf class (``num_categories`` for categorical,
         ``total_count`` for binomial).
+    :raises TypeError: for a ``graph`` that is not a :class:`RegionGraph`, or hyper-parameters of the
+        wrong type (e.g. a float ``num_sums``).
     :raises ValueError: for non-positive ``num_sums``/``num_leaf_components``, unknown leaf types or
-        missing/invalid leaf arguments.
+        missing/unknown leaf arguments.
 
     Shapes: ``x`` is ``(..., *graph.event_shape)`` (``NaN`` = missing); leaf log-densities are
     ``(..., L, K_leaf)`` with ``L = graph.num_leaf_regions`` in the order of
@@ -172,15 +222,9 @@ class SPN(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(graph, RegionGraph):
-            raise ValueError(f"graph must be a RegionGraph, got {type(graph).__name__}")
-        num_sums = _check_pos_int(num_sums, "num_sums")
-        if not (
-            isinstance(init_std, (int, float))
-            and not isinstance(init_std, bool)
-            and math.isfinite(init_std)
-            and init_std >= 0
-        ):
-            raise ValueError(f"init_std must be a finite non-negative number, got {init_std!r}")
+            raise TypeError(f"graph must be a RegionGraph, got {type(graph).__name__}")
+        num_sums = check_positive_int("num_sums", num_sums)
+        init_std = check_real("init_std", init_std, 0.0)
         if isinstance(leaves, FactorizedLeaves):
             if leaves.num_leaf_regions != graph.num_leaf_regions or leaves.num_vars != graph.num_vars:
                 raise ValueError("the leaves were built for a different region graph")
@@ -190,21 +234,14 @@ class SPN(nn.Module):
                 raise ValueError(f"leaf arguments {sorted(leaf_kwargs)} given with a leaf instance")
             num_leaf_components = leaves.num_components
         else:
-            num_leaf_components = _check_pos_int(
-                num_sums if num_leaf_components is None else num_leaf_components, "num_leaf_components"
+            num_leaf_components = check_positive_int(
+                "num_leaf_components", num_sums if num_leaf_components is None else num_leaf_components
             )
             if leaves is None:
                 if leaf_kwargs:
                     raise ValueError(f"leaf arguments {sorted(leaf_kwargs)} given with leaves=None")
-            elif isinstance(leaves, str) and leaves in LEAF_TYPES:
-                try:
-                    leaves = LEAF_TYPES[leaves](graph, num_leaf_components, init_std=init_std, **leaf_kwargs)
-                except TypeError as err:
-                    raise ValueError(f"invalid arguments for {leaves!r} leaves: {err}") from err
             else:
-                raise ValueError(
-                    f"leaves must be one of {sorted(LEAF_TYPES)}, a FactorizedLeaves or None; got {leaves!r}"
-                )
+                leaves = _make_leaves(leaves, graph, num_leaf_components, init_std, leaf_kwargs)
         self.graph = graph
         self.leaves: FactorizedLeaves | None = leaves
         self.num_sums = num_sums
@@ -244,15 +281,11 @@ class SPN(nn.Module):
 
     # ------------------------------------------------------------------ evaluation
     def _check_leaf_lp(self, leaf_log_prob: Tensor) -> Tensor:
-        if not torch.is_tensor(leaf_log_prob):
-            raise ValueError(f"leaf_log_prob must be a tensor, got {type(leaf_log_prob).__name__}")
+        check_tensor("leaf_log_prob", leaf_log_prob)
         want = (self.num_leaf_regions, self.num_leaf_components)
         if leaf_log_prob.dim() < 2 or tuple(leaf_log_prob.shape[-2:]) != want:
-            raise ValueError(
-                "leaf_log_prob must have shape (..., num_leaf_regions, K_leaf) = "
-                f"(..., {want[0]}, {want[1]}); "
-                f"got {tuple(leaf_log_prob.shape)}"
-            )
+            raise ValueError("leaf_log_prob must have shape (..., num_leaf_regions, K_leaf) = "
+                             f"(..., {want[0]}, {want[1]}); got {tuple(leaf_log_prob.shape)}")
         return leaf_log_prob
 
     def upward(self, leaf_log_prob: Tensor, mode: str = "sum") -> UpwardPass:
@@ -261,8 +294,7 @@ class SPN(nn.Module):
         :param leaf_log_prob: ``(B, L, K_leaf)`` leaf log-densities.
         :param mode: ``"sum"`` (sum-product) or ``"max"`` (max-product).
         """
-        if mode not in ("sum", "max"):
-            raise ValueError(f"mode must be 'sum' or 'max', got {mode!r}")
+        check_choice("mode", mode, ("sum", "max"))
         values = leaf_log_prob.transpose(0, 1)  # region-major (L, B, K_leaf)
         if self.num_leaf_components < self.num_in:
             values = nn.functional.pad(
@@ -315,8 +347,7 @@ class SPN(nn.Module):
         return rv[0, 0]
 
     def _flatten_x(self, x: Tensor) -> tuple[Tensor, torch.Size]:
-        if not torch.is_tensor(x):
-            raise ValueError(f"x must be a tensor, got {type(x).__name__}")
+        check_tensor("x", x)
         ev = self.event_shape
         if x.dim() < len(ev) or tuple(x.shape[x.dim() - len(ev) :]) != tuple(ev):
             raise ValueError(f"x must have shape (..., {', '.join(map(str, ev))}); got {tuple(x.shape)}")
@@ -338,8 +369,16 @@ class SPN(nn.Module):
         flat, batch = self._flatten_x(x)
         return leaves(flat, mode).reshape(*batch, self.num_leaf_regions, self.num_leaf_components)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Log-density of ``x`` ``(..., *event_shape)`` -> ``(...)``, marginalising ``NaN`` entries."""
+    def log_prob(self, x: Tensor, validate_args: bool | None = None) -> Tensor:
+        """Log-density of ``x`` ``(..., *event_shape)`` -> ``(...)``, marginalising ``NaN`` entries.
+
+        :param validate_args: check ``x`` with :func:`check_spn_value` (dtype, shape, no infinite
+            entries, observed entries in the leaves' support); ``None``: when torch distributions
+            validate their arguments (``pyro.enable_validation``), as the distribution view does.
+        :raises ValueError: for an invalid ``x`` (see :func:`check_spn_value`).
+        """
+        if Distribution._validate_args if validate_args is None else validate_args:
+            check_spn_value(x, self.event_shape, self._require_leaves().support, name="x")
         return self.forward(self.leaf_log_prob(x))
 
     def max_log_prob(self, x: Tensor) -> Tensor:
@@ -411,8 +450,7 @@ class SPN(nn.Module):
         :returns: ``(..., L)`` long tensor: selected leaf component, or ``-1`` for leaf regions not
             in the selected tree.
         """
-        if mode not in ("sample", "mpe"):
-            raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
+        check_choice("mode", mode, ("sample", "mpe"))
         leaf_log_prob = self._check_leaf_lp(leaf_log_prob)
         batch = leaf_log_prob.shape[:-2]
         flat = leaf_log_prob.reshape(-1, *leaf_log_prob.shape[-2:])
@@ -421,10 +459,14 @@ class SPN(nn.Module):
 
     def _complete(self, evidence: Tensor | None, sample_shape: Sequence[int], mode: str) -> Tensor:
         leaves = self._require_leaves()
-        sample_shape = torch.Size(sample_shape)
+        sample_shape = check_sample_shape(sample_shape)
         if evidence is None:
             ref = next(self.parameters())
             evidence = torch.full(self.event_shape, math.nan, dtype=ref.dtype, device=ref.device)
+        else:
+            check_spn_value(evidence, self.event_shape, leaves.support, name="evidence")
+        if sample_shape.numel() == 0:  # an empty sample, as torch distributions return for 0 in the shape
+            return evidence.new_empty(*sample_shape, *evidence.shape)
         flat, batch = self._flatten_x(evidence)
         flat = flat.expand(sample_shape.numel(), *flat.shape).reshape(-1, flat.shape[-1])
         up = self.upward(

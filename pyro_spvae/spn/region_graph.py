@@ -21,11 +21,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Partition", "RegionGraph", "poon_domingos", "random_binary_trees"]
+from pyro_spvae.validation import check_event_shape, check_hidden, check_nonnegative_int, check_positive_int
+
+__all__ = ["Partition", "RegionGraph", "poon_domingos", "random_binary_trees", "region_graph_from_spec"]
 
 
 class Partition(NamedTuple):
@@ -40,20 +42,94 @@ def _as_region(vars_: Iterable[int], what: str) -> frozenset[int]:
     try:
         items = list(vars_)
     except TypeError as err:
-        raise ValueError(f"{what} must be an iterable of variable indices, got {vars_!r}") from err
-    out = []
-    for v in items:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{what} contains a non-integer variable index {v!r}")
-        if v < 0:
-            raise ValueError(f"{what} contains a negative variable index {v}")
-        out.append(int(v))
+        raise TypeError(f"{what} must be an iterable of variable indices, got {vars_!r}") from err
+    if {type(v) for v in items} <= {int} and (not items or min(items) >= 0):
+        out = items  # fast path: plain non-negative ints, what the graph builders pass
+    else:
+        out = [check_nonnegative_int(f"every variable index of the {what}", v) for v in items]
     if not out:
         raise ValueError(f"{what} is empty: regions must contain at least one variable")
     region = frozenset(out)
     if len(region) != len(out):
         raise ValueError(f"{what} lists a variable more than once: {sorted(out)}")
     return region
+
+
+def _as_partition(n: int, item: object, root: frozenset[int]) -> tuple[frozenset[int], ...]:
+    """Partition #``n`` as ``(parent, left, right)`` variable sets, checked for binarity,
+    decomposability and smoothness."""
+    try:
+        parent_vars, children = item  # type: ignore[misc]
+        children = list(children)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"partition #{n} must be a pair (parent, (left, right)); got {item!r}") from err
+    parent = _as_region(parent_vars, f"parent region of partition #{n}")
+    if len(children) != 2:
+        raise ValueError(
+            f"partition #{n} of region {sorted(parent)} has {len(children)} children; only binary "
+            "partitions are supported (split n-ary partitions into a chain of binary ones)"
+        )
+    left = _as_region(children[0], f"left child of partition #{n}")
+    right = _as_region(children[1], f"right child of partition #{n}")
+    if left & right:
+        raise ValueError(
+            f"partition #{n} is not decomposable: its children share variables {sorted(left & right)}"
+        )
+    if left | right != parent:
+        missing = sorted(parent - (left | right))
+        extra = sorted((left | right) - parent)
+        raise ValueError(
+            f"partition #{n} is not smooth: its children do not cover exactly the parent region "
+            f"(missing {missing}, outside the parent {extra})"
+        )
+    if left == root or right == root:
+        raise ValueError(f"partition #{n} uses the root region as a child")
+    return parent, left, right
+
+
+def _collect_partitions(partitions: Iterable[object], root: frozenset[int]
+                        ) -> tuple[list[frozenset[int]], list[tuple[int, int, int]]]:
+    """The distinct regions (root first, then in discovery order) and the partitions as
+    ``(parent, left, right)`` region ids."""
+    ids: dict[frozenset[int], int] = {root: 0}
+    sets: list[frozenset[int]] = [root]
+
+    def rid(region: frozenset[int]) -> int:
+        if region not in ids:
+            ids[region] = len(sets)
+            sets.append(region)
+        return ids[region]
+
+    raw: list[tuple[int, int, int]] = []
+    seen: set[tuple[int, frozenset[frozenset[int]]]] = set()
+    for n, item in enumerate(partitions):
+        parent, left, right = _as_partition(n, item, root)
+        key = (rid(parent), frozenset((left, right)))
+        if key in seen:
+            raise ValueError(f"partition #{n} duplicates an earlier partition of region {sorted(parent)}")
+        seen.add(key)
+        raw.append((rid(parent), rid(left), rid(right)))
+    if not raw:
+        raise ValueError("a region graph needs at least one partition (of the root region)")
+    return sets, raw
+
+
+def _check_reachable(sets: list[frozenset[int]], raw: list[tuple[int, int, int]],
+                     parts_of: list[list[int]]) -> None:
+    """Every region is reachable from the root (region 0)."""
+    reach = [False] * len(sets)
+    stack = [0]
+    reach[0] = True
+    while stack:
+        r = stack.pop()
+        for n in parts_of[r]:
+            for c in raw[n][1:]:
+                if not reach[c]:
+                    reach[c] = True
+                    stack.append(c)
+    if not all(reach):
+        bad = [sorted(sets[r]) for r in range(len(sets)) if not reach[r]]
+        raise ValueError(f"{len(bad)} region(s) are not reachable from the root, e.g. {bad[0]}")
 
 
 class RegionGraph:
@@ -64,6 +140,7 @@ class RegionGraph:
         of variable indices.  Regions are identified by their variable sets.
     :param event_shape: optional shape of the variables (e.g. ``(28, 28)``); variables are then the
         row-major flattened indices and ``prod(event_shape)`` must equal the number of variables.
+    :raises TypeError: if a region is not an iterable of ints or ``event_shape`` not a tuple of ints.
     :raises ValueError: if a region is empty, has duplicate or negative indices, a partition does not
         have exactly two children, its children overlap (not decomposable) or do not cover the parent
         (not smooth), a partition is listed twice, a region is unreachable from the root, the root is
@@ -95,8 +172,8 @@ class RegionGraph:
                 f"the root region must be exactly the variables 0..{num_vars - 1}; got {sorted(root_set)}"
             )
         if event_shape is not None:
-            event_shape = tuple(int(s) for s in event_shape)
-            if any(s <= 0 for s in event_shape) or math.prod(event_shape) != num_vars:
+            event_shape = check_event_shape("event_shape", event_shape)
+            if math.prod(event_shape) != num_vars:
                 raise ValueError(
                     f"event_shape {event_shape} does not match the {num_vars} variables of the root region"
                 )
@@ -105,71 +182,11 @@ class RegionGraph:
         self.num_vars: int = num_vars
         self.event_shape: tuple[int, ...] = event_shape
 
-        ids: dict[frozenset[int], int] = {root_set: 0}
-        sets: list[frozenset[int]] = [root_set]
-
-        def rid(region: frozenset[int]) -> int:
-            if region not in ids:
-                ids[region] = len(sets)
-                sets.append(region)
-            return ids[region]
-
-        raw: list[tuple[int, int, int]] = []
-        seen: set[tuple[int, frozenset[int]]] = set()
-        for n, item in enumerate(partitions):
-            try:
-                parent_vars, children = item
-                children = list(children)
-            except (TypeError, ValueError) as err:
-                raise ValueError(
-                    f"partition #{n} must be a pair (parent, (left, right)); got {item!r}"
-                ) from err
-            parent = _as_region(parent_vars, f"parent region of partition #{n}")
-            if len(children) != 2:
-                raise ValueError(
-                    f"partition #{n} of region {sorted(parent)} has {len(children)} children; only binary "
-                    "partitions are supported (split n-ary partitions into a chain of binary ones)"
-                )
-            left = _as_region(children[0], f"left child of partition #{n}")
-            right = _as_region(children[1], f"right child of partition #{n}")
-            if left & right:
-                raise ValueError(
-                    f"partition #{n} is not decomposable: its children share variables {sorted(left & right)}"
-                )
-            if left | right != parent:
-                missing = sorted(parent - (left | right))
-                extra = sorted((left | right) - parent)
-                raise ValueError(
-                    f"partition #{n} is not smooth: its children do not cover exactly the parent region "
-                    f"(missing {missing}, outside the parent {extra})"
-                )
-            if left == root_set or right == root_set:
-                raise ValueError(f"partition #{n} uses the root region as a child")
-            key = (rid(parent), frozenset((left, right)))
-            if key in seen:
-                raise ValueError(f"partition #{n} duplicates an earlier partition of region {sorted(parent)}")
-            seen.add(key)
-            raw.append((rid(parent), rid(left), rid(right)))
-        if not raw:
-            raise ValueError("a region graph needs at least one partition (of the root region)")
-
+        sets, raw = _collect_partitions(partitions, root_set)
         parts_of: list[list[int]] = [[] for _ in sets]
         for n, (p, _, _) in enumerate(raw):
             parts_of[p].append(n)
-        # reachability from the root
-        reach = [False] * len(sets)
-        stack = [0]
-        reach[0] = True
-        while stack:
-            r = stack.pop()
-            for n in parts_of[r]:
-                for c in raw[n][1:]:
-                    if not reach[c]:
-                        reach[c] = True
-                        stack.append(c)
-        if not all(reach):
-            bad = [sorted(sets[r]) for r in range(len(sets)) if not reach[r]]
-            raise ValueError(f"{len(bad)} region(s) are not reachable from the root, e.g. {bad[0]}")
+        _check_reachable(sets, raw, parts_of)
 
         # heights (children are strict subsets, so sorting by size is a topological order)
         height = [0] * len(sets)
@@ -221,10 +238,22 @@ class RegionGraph:
         )
 
 
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
+def _parse_steps(steps: object, ndim: int) -> list[tuple[int, ...]]:
+    """``steps`` of :func:`poon_domingos` as a list of per-axis cell sizes, each of length ``ndim``."""
+    if not isinstance(steps, Sequence) or isinstance(steps, str):
+        steps = [steps]
+    if len(steps) == 0:
+        raise ValueError("steps must contain at least one step size")
+    out = []
+    for i, s in enumerate(steps):
+        if not isinstance(s, Sequence):
+            out.append((check_positive_int(f"steps[{i}]", s),) * ndim)
+            continue
+        st = check_hidden(f"steps[{i}]", s)
+        if len(st) != ndim:
+            raise ValueError(f"step {st} has {len(st)} entries for a {ndim}-d grid")
+        out.append(st)
+    return out
 
 
 def poon_domingos(shape: Sequence[int] | int, steps: Sequence[int | Sequence[int]] | int) -> RegionGraph:
@@ -242,37 +271,11 @@ def poon_domingos(shape: Sequence[int] | int, steps: Sequence[int | Sequence[int
 
     :param shape: grid shape, e.g. ``(28, 28)``; variables are row-major flattened pixel indices.
     :param steps: coarse-to-fine cell sizes; each an int or a per-axis sequence of ints.
-    :raises ValueError: for non-positive/non-integer shapes or steps, or when no step splits the grid.
+    :raises TypeError: for shapes or steps that are not (sequences of) ints.
+    :raises ValueError: for non-positive shapes or steps, or when no step splits the grid.
     """
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (shape,)
-    try:
-        shape_t = tuple(_positive_int(s, "every grid size") for s in shape)  # type: ignore[union-attr]
-    except TypeError as err:
-        raise ValueError(f"shape must be a sequence of positive integers, got {shape!r}") from err
-    if not shape_t:
-        raise ValueError("shape must have at least one axis")
-    ndim = len(shape_t)
-    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
-        steps = [steps]
-    try:
-        steps_l = list(steps)  # type: ignore[arg-type]
-    except TypeError as err:
-        raise ValueError(f"steps must be an int or a sequence, got {steps!r}") from err
-    if not steps_l:
-        raise ValueError("steps must contain at least one step size")
-    step_t: list[tuple[int, ...]] = []
-    for s in steps_l:
-        if isinstance(s, (int, np.integer)) and not isinstance(s, bool):
-            step_t.append((_positive_int(s, "every step"),) * ndim)
-        else:
-            try:
-                st = tuple(_positive_int(v, "every step") for v in s)
-            except TypeError as err:
-                raise ValueError(f"every step must be an int or a sequence of ints, got {s!r}") from err
-            if len(st) != ndim:
-                raise ValueError(f"step {st} has {len(st)} entries for a {ndim}-d grid")
-            step_t.append(st)
+    shape_t = check_event_shape("shape", shape)
+    step_t = _parse_steps(steps, len(shape_t))
 
     Box = tuple[tuple[int, int], ...]
 
@@ -333,20 +336,19 @@ def random_binary_trees(
     :param num_vars: number of variables (>= 2).
     :param depth: number of split levels, ``1 <= depth`` and ``2**depth <= num_vars``.
     :param num_repetitions: number of random trees (>= 1).
-    :param seed: seed of the numpy generator (``None``: fresh entropy).
+    :param seed: seed of the numpy generator, ``>= 0`` (``None``: fresh entropy).
     :param event_shape: optional shape of the variables with ``prod(event_shape) == num_vars``.
-    :raises ValueError: for invalid hyper-parameters.
+    :raises TypeError: for hyper-parameters that are not ints.
+    :raises ValueError: for invalid values.
     """
-    num_vars = _positive_int(num_vars, "num_vars")
-    depth = _positive_int(depth, "depth")
-    num_repetitions = _positive_int(num_repetitions, "num_repetitions")
+    num_vars = check_positive_int("num_vars", num_vars)
+    depth = check_positive_int("depth", depth)
+    num_repetitions = check_positive_int("num_repetitions", num_repetitions)
     if num_vars < 2:
         raise ValueError("random_binary_trees needs at least 2 variables")
     if 2**depth > num_vars:
         raise ValueError(f"depth {depth} needs at least 2**depth = {2**depth} variables, got {num_vars}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(None if seed is None else check_nonnegative_int("seed", seed))
     partitions: list[tuple[list[int], tuple[list[int], list[int]]]] = []
     seen: set[tuple[frozenset[int], frozenset[frozenset[int]]]] = set()
     for _ in range(num_repetitions):
@@ -365,3 +367,35 @@ def random_binary_trees(
                 nxt += [left, right]
             level = nxt
     return RegionGraph(range(num_vars), partitions, event_shape=event_shape)
+
+
+def region_graph_from_spec(spec: dict[str, Any], event_shape: Sequence[int]) -> RegionGraph:
+    """Build a region graph over the ``H x W`` pixels of images of shape ``event_shape`` from a plain
+    dict (for JSON configs).
+
+    :param spec: ``{"type": "poon_domingos", "steps": [7]}`` (``steps`` defaults to 7, the SPVAE
+        graph) or ``{"type": "random_binary_trees", "depth": 4, "num_repetitions": 2, "seed": 0}``;
+        the other keys are the keyword arguments of :func:`poon_domingos` or
+        :func:`random_binary_trees`.
+    :param event_shape: image shape ``(C, H, W)``.
+    :raises TypeError: if ``spec`` is not a dict.
+    :raises ValueError: for an unknown ``type``, unknown keys or bad arguments.
+    """
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec must be a dict, got {type(spec).__name__}")
+    shape = check_event_shape("event_shape", event_shape)
+    if len(shape) != 3:
+        raise ValueError(f"event_shape must be (C, H, W), got {shape}")
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    _, h, w = shape
+    try:
+        if kind == "poon_domingos":
+            return poon_domingos((h, w), spec.pop("steps", 7), **spec)
+        if kind == "random_binary_trees":
+            return random_binary_trees(h * w, event_shape=(h, w), **spec)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ValueError(f"bad region graph arguments {spec}: {err}") from None
+    raise ValueError(f"region_graph type must be 'poon_domingos' or 'random_binary_trees', got {kind!r}")

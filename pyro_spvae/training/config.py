@@ -1,27 +1,35 @@
-"""Run configuration: a dataclass of plain values (stored as ``config.json`` and in checkpoints)."""
+"""Run configuration: a dataclass of plain values (stored as ``config.json`` and in checkpoints).
+
+Its fields are flat (one JSON key each); :meth:`TrainConfig.schedule`,
+:meth:`~TrainConfig.early_stopping` and :meth:`~TrainConfig.step_options` group the trainer's
+fields into the settings objects of :mod:`pyro_spvae.training.settings`, and
+:meth:`pyro_spvae.training.Trainer.from_config` builds a trainer from it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pyro_spvae.validation import check_unit_interval
+from pyro_spvae.training.factory import check_elbo_options, check_optimizer_options
+from pyro_spvae.training.files import atomic_write_text
+from pyro_spvae.training.settings import EarlyStopping, Schedule, StepOptions
+from pyro_spvae.validation import check_choice
 
 __all__ = ["TrainConfig"]
 
-_NONFINITE = ("raise", "skip")
+_S = TypeVar("_S", Schedule, EarlyStopping, StepOptions)
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run.
 
-    :ivar model: model family, a key of ``pyro_spvae.models.MODELS``.
+    :ivar model: model family, a key of :data:`pyro_spvae.zoo.MODELS`.
     :ivar model_kwargs: hyper-parameters passed to the family's builder (``z_dim``, ``hidden``,
         ``arch``, ``likelihood``, ...); ``likelihood`` defaults to the dataset's natural one.
     :ivar data: ``"embedded"`` or ``"mnist"``.
@@ -49,6 +57,7 @@ class TrainConfig:
     :ivar seed: master seed.
     :ivar shards: micro-batches per step (``None``: number of processes).
     :ivar on_nonfinite: ``"raise"`` or ``"skip"``.
+    :raises TypeError: for a field of the wrong type; :raises ValueError: for an invalid value.
     """
 
     model: str = "vae"
@@ -81,46 +90,46 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """:raises ValueError: naming the first invalid field."""
+        """Check every field (each check is written once: the trainer's fields by the settings
+        groups of :mod:`pyro_spvae.training.settings`, the estimator and optimiser options by
+        :mod:`pyro_spvae.training.factory`).
 
-        def pos_int(name: str, optional: bool = False, minimum: int = 1) -> None:
-            v = getattr(self, name)
-            if v is None and optional:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+        :raises TypeError: naming the first field of the wrong type.
+        :raises ValueError: naming the first field with an invalid value.
+        """
+        from pyro_spvae.data import DATASETS, TRANSFORMS
+        from pyro_spvae.zoo import MODELS
 
-        for name in ("num_particles", "batch_size", "eval_every", "log_every", "lr_patience"):
-            pos_int(name)
-        for name in ("steps", "epochs", "patience", "valid_max_examples", "checkpoint_every", "shards"):
-            pos_int(name, optional=True)
-        pos_int("seed", minimum=0)
-        if self.steps is None and self.epochs is None:
-            raise ValueError("give steps or epochs (or both) to bound training")
-        for name in ("lr", "clip_norm"):
-            v = getattr(self, name)
-            if v is None and name == "clip_norm":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        if self.lr_decay is not None:
-            check_unit_interval("lr_decay", self.lr_decay)
-        check_unit_interval("min_rel_improvement", self.min_rel_improvement, closed_low=True)
-        if (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, (int, float))
-            or not math.isfinite(self.alpha)
-        ):
-            raise ValueError(f"alpha must be a finite number, got {self.alpha!r}")
-        if self.on_nonfinite not in _NONFINITE:
-            raise ValueError(f"on_nonfinite must be one of {_NONFINITE}, got {self.on_nonfinite!r}")
-        if not isinstance(self.model_kwargs, dict):
-            raise ValueError(f"model_kwargs must be a dict, got {type(self.model_kwargs).__name__}")
-        if not isinstance(self.group_lrs, dict):
-            raise ValueError(f"group_lrs must be a dict, got {type(self.group_lrs).__name__}")
-        for name in ("model", "data", "transform", "elbo"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        check_choice("model", self.model, MODELS)
+        for name in ("model_kwargs", "group_lrs"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        check_choice("data", self.data, DATASETS)
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise TypeError(f"data_dir must be a path (str) or None, got {type(self.data_dir).__name__}")
+        check_choice("transform", self.transform, TRANSFORMS)
+        check_elbo_options(self.elbo, self.num_particles, self.alpha)
+        check_optimizer_options(self.lr, self.group_lrs, self.clip_norm)
+        self.schedule()
+        self.early_stopping()
+        self.step_options()
+
+    def _settings(self, cls: type[_S]) -> _S:
+        """``cls`` built from this configuration's fields of the same names."""
+        mine = {f.name for f in dataclasses.fields(self)}
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls) if f.name in mine})
+
+    def schedule(self) -> Schedule:
+        """The trainer's :class:`~pyro_spvae.training.Schedule` (batch size, length, intervals)."""
+        return self._settings(Schedule)
+
+    def early_stopping(self) -> EarlyStopping:
+        """The trainer's :class:`~pyro_spvae.training.EarlyStopping` (patience, learning-rate decay)."""
+        return self._settings(EarlyStopping)
+
+    def step_options(self) -> StepOptions:
+        """The trainer's :class:`~pyro_spvae.training.StepOptions` (seed, shards, NaN/Inf policy)."""
+        return self._settings(StepOptions)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type dict (JSON and ``weights_only`` safe)."""
@@ -136,25 +145,38 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON (atomically)."""
+        """Write as JSON, atomically (:func:`~pyro_spvae.training.files.atomic_write`: a failed
+        write leaves the previous file and no temporary), creating the directory if needed.
+
+        :raises OSError: when the file cannot be written.
+        """
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
         """Read a ``config.json``.
 
-        :raises FileNotFoundError: when missing; :raises ValueError: when invalid.
+        :raises FileNotFoundError: when missing.
+        :raises ValueError: naming the file when it cannot be read, is not UTF-8 JSON holding an
+            object, or holds an invalid configuration (wrong types included).
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is this a pyro-spvae run directory?")
+            what = "is a directory" if path.is_dir() else "not found"
+            raise FileNotFoundError(f"{path} {what}: is this a pyro-spvae run directory?")
         try:
-            values = json.loads(path.read_text())
+            values = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object")
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None

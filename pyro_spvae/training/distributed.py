@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from pyro_spvae.validation import check_choice, check_positive_int
+
 __all__ = [
     "DistributedContext",
     "all_reduce_sum_",
     "barrier",
     "broadcast_parameters",
+    "check_num_shards",
     "gather_concat",
     "init_distributed",
     "launch_command",
@@ -88,8 +91,7 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
         raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world_size})")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"unknown distributed backend {backend!r}; use 'gloo' or 'nccl'")
+    check_choice("distributed backend", backend, ("gloo", "nccl"))
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -128,6 +130,17 @@ def broadcast_parameters(tensors: Iterable[torch.Tensor], ctx: DistributedContex
             dist.broadcast(t.data, src=0)
 
 
+def check_num_shards(num_shards: int, batch_size: int, ctx: DistributedContext) -> None:
+    """:raises ValueError: when ``num_shards`` is smaller than the number of processes (a process
+    would compute nothing) or larger than the batch (a shard would be empty)."""
+    if num_shards < ctx.world_size:
+        raise ValueError(
+            f"number of shards ({num_shards}) must be at least the number of processes ({ctx.world_size})"
+        )
+    if num_shards > batch_size:
+        raise ValueError(f"number of shards ({num_shards}) exceeds the batch size ({batch_size})")
+
+
 def shards_for_rank(
     idx: torch.Tensor, num_shards: int, ctx: DistributedContext
 ) -> list[tuple[int, torch.Tensor]]:
@@ -136,15 +149,9 @@ def shards_for_rank(
 
     The union over ranks of the returned shards is exactly ``idx``, in order.
 
-    :raises ValueError: when ``num_shards`` is smaller than the number of processes or larger
-        than the batch.
+    :raises ValueError: see :func:`check_num_shards`.
     """
-    if num_shards < ctx.world_size:
-        raise ValueError(
-            f"number of shards ({num_shards}) must be at least the number of processes ({ctx.world_size})"
-        )
-    if num_shards > idx.numel():
-        raise ValueError(f"number of shards ({num_shards}) exceeds the batch size ({idx.numel()})")
+    check_num_shards(num_shards, idx.numel(), ctx)
     parts = torch.tensor_split(idx, num_shards)
     return [(k, parts[k]) for k in range(ctx.rank, num_shards, ctx.world_size)]
 
@@ -180,10 +187,9 @@ def launch_command(argv: Sequence[str], nproc: int = 1) -> list[str]:
     plain module for one process, ``torchrun --standalone --nproc_per_node=nproc`` (through
     ``python -m torch.distributed.run`` of the running interpreter) for several.
 
-    :raises ValueError: if ``nproc`` is not a positive int.
+    :raises TypeError: if ``nproc`` is not an int; :raises ValueError: if it is below 1.
     """
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be a positive int, got {nproc!r}")
+    check_positive_int("nproc", nproc)
     module = [sys.executable, "-m", "pyro_spvae", *map(str, argv)]
     if nproc == 1:
         return module

@@ -14,6 +14,8 @@ import random
 import numpy as np
 import torch
 
+from pyro_spvae.validation import check_nonnegative_int
+
 __all__ = ["derive_seed", "seed_everything"]
 
 _MASK63 = (1 << 63) - 1
@@ -22,11 +24,10 @@ _MASK63 = (1 << 63) - 1
 def derive_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed derived from ``seed`` and integer ``keys`` (statistically independent streams).
 
-    :raises ValueError: for negative or non-integer inputs.
+    :raises TypeError: for a non-integer input; :raises ValueError: for a negative one.
     """
     for k in (seed, *keys):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"seeds and seed keys must be non-negative integers, got {k!r}")
+        check_nonnegative_int("seed key", k)
     state = np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(2, dtype=np.uint32)
     return ((int(state[0]) << 32) | int(state[1])) & _MASK63
 
@@ -36,10 +37,9 @@ def seed_everything(seed: int) -> None:
 
     Like ``pyro.set_rng_seed`` but accepts 63-bit seeds (NumPy receives the low 32 bits).
 
-    :raises ValueError: for a negative or non-integer seed.
+    :raises TypeError: for a non-integer seed; :raises ValueError: for a negative one.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_nonnegative_int("seed", seed)
     random.seed(int(seed))
     np.random.seed(int(seed) & 0xFFFFFFFF)
     # torch.manual_seed also queues lazy CUDA seeding (recording a stack trace each call); that

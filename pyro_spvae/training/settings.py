@@ -1,0 +1,139 @@
+"""The trainer's settings, grouped by concern: how long and how often (:class:`Schedule`), when to
+stop or decay the learning rate (:class:`EarlyStopping`) and how each step is computed
+(:class:`StepOptions`).
+
+Each group checks its own fields when it is built (through :mod:`pyro_spvae.validation`), so a
+:class:`~pyro_spvae.training.Trainer` holds only valid settings and never re-checks them;
+:class:`~pyro_spvae.training.TrainConfig` builds these groups from its fields of the same names
+and so validates them here as well, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pyro_spvae.validation import (
+    check_choice,
+    check_nonnegative_int,
+    check_positive_int,
+    check_unit_interval,
+)
+
+__all__ = ["NONFINITE_POLICIES", "EarlyStopping", "Schedule", "StepOptions"]
+
+#: What :class:`StepOptions` accepts for ``on_nonfinite``.
+NONFINITE_POLICIES: tuple[str, ...] = ("raise", "skip")
+
+_T = TypeVar("_T")
+
+
+def _optional(check: Callable[[str, Any], _T], name: str, value: Any) -> _T | None:
+    """``check(name, value)``, or ``None`` for ``value=None`` (an optional setting left unset)."""
+    return None if value is None else check(name, value)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long to train, and how often to validate, log and checkpoint.
+
+    :ivar batch_size: the GLOBAL batch size (split across shards and processes).
+    :ivar steps: stop after at most this many optimisation steps (``None``: bounded by ``epochs``).
+    :ivar epochs: stop after at most this many passes over the training data
+        (``len(train_data) // batch_size`` steps each; ``None``: bounded by ``steps``).
+    :ivar eval_every: validate every this many steps.
+    :ivar log_every: write a metrics line every this many steps (and at every validation).
+    :ivar checkpoint_every: write ``checkpoint.pt`` every this many steps (``None``: ``eval_every``).
+    :ivar valid_batch_size: examples per validation pass (``None``: ``batch_size``).
+    :ivar valid_max_examples: validate on the first examples only (``None``: all of them).
+    :raises TypeError: for a non-integer field.
+    :raises ValueError: for a non-positive one, or when neither ``steps`` nor ``epochs`` is given.
+    """
+
+    batch_size: int
+    steps: int | None = None
+    epochs: int | None = None
+    eval_every: int = 100
+    log_every: int = 50
+    checkpoint_every: int | None = None
+    valid_batch_size: int | None = None
+    valid_max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("eval_every", self.eval_every)
+        check_positive_int("log_every", self.log_every)
+        for name in ("steps", "epochs", "checkpoint_every", "valid_batch_size", "valid_max_examples"):
+            _optional(check_positive_int, name, getattr(self, name))
+        if self.steps is None and self.epochs is None:
+            raise ValueError("give steps or epochs (or both) to bound training")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Length of training: the smaller of ``steps`` and ``epochs * steps_per_epoch``."""
+        limits = [] if self.steps is None else [self.steps]
+        if self.epochs is not None:
+            limits.append(self.epochs * steps_per_epoch)
+        return min(limits)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Early stopping and reduce-on-plateau learning rates, both driven by the validation loss.
+
+    :ivar patience: stop after this many validations without improvement (``None``: never).
+    :ivar lr_decay: multiply every learning rate by this factor in ``(0, 1)`` after ``lr_patience``
+        validations without improvement (``None``: constant learning rates). Early stopping counts
+        validations without improvement independently, so ``patience`` larger than
+        ``lr_patience`` leaves room for several decays.
+    :ivar lr_patience: validations without improvement before each decay.
+    :ivar min_rel_improvement: a validation counts as an improvement (for ``patience`` and
+        ``lr_patience``) only when it beats the last counted improvement by more than this
+        fraction of its magnitude, in ``[0, 1)`` (``0``: any decrease; ``best.pt`` always keeps the
+        lowest loss). With a decaying learning rate, a small threshold such as ``1e-4`` stops
+        noise-level gains from postponing early stopping indefinitely.
+    :raises TypeError: for a field of the wrong type.
+    :raises ValueError: for a value out of range.
+    """
+
+    patience: int | None = None
+    lr_decay: float | None = None
+    lr_patience: int = 5
+    min_rel_improvement: float = 0.0
+
+    def __post_init__(self) -> None:
+        _optional(check_positive_int, "patience", self.patience)
+        _optional(check_unit_interval, "lr_decay", self.lr_decay)
+        check_positive_int("lr_patience", self.lr_patience)
+        check_unit_interval("min_rel_improvement", self.min_rel_improvement, closed_low=True)
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How one optimisation step is computed: randomness, sharding and the NaN/Inf guard.
+
+    :ivar seed: master seed; every step's randomness derives from ``(seed, step, shard)``.
+    :ivar shards: micro-batches per global batch (``None``: the number of processes). Each shard
+        draws its randomness from ``(seed, step, shard)``, so ``N`` processes and one process with
+        the same number of shards produce the same parameters.
+    :ivar data_plate: name of the data plate (sample sites outside it are scaled by ``1/shards``).
+    :ivar on_nonfinite: ``"raise"`` (stop with :class:`~pyro_spvae.training.NonFiniteError`) or
+        ``"skip"`` (drop the update and continue) when the loss or a gradient is NaN/Inf.
+    :ivar max_consecutive_skips: with ``"skip"``, raise after this many skipped steps in a row.
+    :raises TypeError: for a field of the wrong type.
+    :raises ValueError: for a value out of range or an unknown policy.
+    """
+
+    seed: int = 0
+    shards: int | None = None
+    data_plate: str = "data"
+    on_nonfinite: str = "raise"
+    max_consecutive_skips: int = 100
+
+    def __post_init__(self) -> None:
+        check_nonnegative_int("seed", self.seed)
+        _optional(check_positive_int, "shards", self.shards)
+        if not isinstance(self.data_plate, str):
+            raise TypeError(f"data_plate must be a plate name (str), got {type(self.data_plate).__name__}")
+        check_choice("on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
+        check_positive_int("max_consecutive_skips", self.max_consecutive_skips)
