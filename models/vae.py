@@ -33,7 +33,6 @@ from pyro_spvae.nn.likelihoods import Likelihood, make_likelihood
 from pyro_spvae.validation import (
     check_event_shape,
     check_hidden,
-    check_module_data,
     check_network_input,
     check_nonnegative_int,
     check_positive_int,
@@ -101,8 +100,10 @@ class VAE(PyroModule):
         :raises TypeError: if ``x`` is not a tensor.
         :raises ValueError: naming the problem otherwise.
         """
-        x = check_module_data("x", x, self.event_shape, self)
-        return self.likelihood.validate(x)
+        # one pass over the values (check_module_data would make a second finiteness pass): the
+        # likelihood's check covers the type, dtype, the parameters' dtype and device, the shape,
+        # the empty batch, NaN/inf and the support
+        return self.likelihood.validate(x, batch_dims=1, like=next(self.parameters()))
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """``p(x | z)`` for latents of shape ``(..., z_dim)``: a distribution with batch shape

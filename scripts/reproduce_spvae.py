@@ -90,7 +90,8 @@ def run_config(config: str, args: argparse.Namespace, fraction: float, command: 
         "eval_examples": evaluated, "eval_target": row.get("eval_target", args.eval_examples),
         "eval_time_s": row.get("eval_time_s", 0.0), "num_samples": args.num_samples,
         "device": device.type if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(), "max_steps": args.max_steps, "overrides": args.override,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "max_steps": args.max_steps,
+        "overrides": args.override,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command,
     }
 

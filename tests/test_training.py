@@ -363,11 +363,17 @@ def test_learning_rate_decay_resumes_exactly(tmp_path):
         assert torch.equal(got[k], expected[k]), k
 
 
+def param_groups(t: Trainer) -> list[dict]:
+    """The parameter groups of the trainer's torch optimiser(s)."""
+    return [g for o in t.optimizer.torch_optimizers() for g in o.param_groups]
+
+
 def test_group_learning_rates_apply_by_name():
     optim = make_optimizer(1e-3, group_lrs={r"^enc\.": 1e-2})
     t = make_trainer(optim=optim, steps=1)
     t.fit()
-    lrs = {pyro.get_param_store().param_name(p): o.param_groups[0]["lr"] for p, o in optim.optim_objs.items()}
+    store = pyro.get_param_store()
+    lrs = {store.param_name(p): g["lr"] for g in param_groups(t) for p in g["params"]}
     assert lrs["enc.weight"] == lrs["enc.bias"] == 1e-2
     assert lrs["dec.weight"] == lrs["dec.bias"] == 1e-3
     assert t.current_lr() == [1e-3, 1e-2]
@@ -546,8 +552,7 @@ def test_skip_restores_parameters_and_optimiser_state(tmp_path):
         t._timed_step()
     before = t.state_dict()
     before = {"params": params_of(t), "optim": copy.deepcopy(before["optimizer"])}
-    groups = [g for o in t.optim.optim_objs.values() for g in o.param_groups]
-    for g in groups:
+    for g in param_groups(t):
         g["lr"] = 1e308
     loss, _ = t._timed_step()
     assert math.isnan(loss) and t.guard.skipped_steps == 1
@@ -558,7 +563,7 @@ def test_skip_restores_parameters_and_optimiser_state(tmp_path):
         for i, s in st["state"].items():
             for key, value in s.items():
                 assert torch.equal(after["optimizer"][name]["state"][i][key], value), (name, key)
-    for g in (g for o in t.optim.optim_objs.values() for g in o.param_groups):
+    for g in param_groups(t):
         assert g["lr"] == 1e308  # the restored state is the one before the step
         g["lr"] = 1e-2
     result = t.fit()

@@ -480,8 +480,8 @@ bad_nonneg_float = st.one_of(
 @given(data=st.data())
 def test_likelihood_options_rejected(data):
     es = (1, 2, 2)
-    scale = data.draw(names_not_in(("global", "predicted", "log_scale")))
-    expect_error(lambda: make_likelihood("gaussian", es, scale=scale), ValueError, "gaussian scale must be")
+    scale = data.draw(names_not_in(("global", "predicted", "precision", "log_scale")))
+    expect_error(lambda: make_likelihood("gaussian", es, scale=scale), ValueError, "unknown gaussian scale")
     min_scale = data.draw(bad_nonneg_float)
     expect_error(
         lambda: make_likelihood("gaussian", es, min_scale=min_scale),
@@ -740,11 +740,11 @@ def test_vae_and_guide_reject_bad_hyperparameters(data, which):
                 EVENT,
                 z_dim=2,
                 likelihood="gaussian",
-                likelihood_kwargs={"scale": data.draw(names_not_in(("global", "predicted")))},
+                likelihood_kwargs={"scale": data.draw(names_not_in(("global", "predicted", "precision")))},
                 **small_kw,
             ),
             ValueError,
-            "gaussian scale must be",
+            "unknown gaussian scale",
         )
     if which != "VAE":
         min_scale = data.draw(bad_nonneg_float)

@@ -9,10 +9,11 @@ beta-VAE") replaces the KL terms of the ELBO by their distances to capacities ra
           + \gamma \,\big|\mathrm{KL}(q(z|x) \,\|\, p(z)) - C_z(t)\big|
           + \gamma \,\big|\mathrm{KL}(q(c|x) \,\|\, p(c)) - C_c(t)\big|
 
-per data point, with ``C(t)`` raised linearly (:class:`LinearSchedule`) and the discrete capacity
-capped at the largest KL a categorical code can reach, ``-log min_k p_k`` (``log n`` for a uniform
-``n``-way code). The paper's MNIST setting: capacities from 0 to 5 nats over 25 000 iterations,
-``gamma = 30``, Gumbel-softmax temperature 0.67.
+with each KL the mean over the batch (the absolute value is taken of the batch-mean KL, as in
+JointVAE, not of each data point's KL), ``C(t)`` raised linearly (:class:`LinearSchedule`) and
+the discrete capacity capped at the largest KL a categorical code can reach,
+``-log min_k p_k`` (``log n`` for a uniform ``n``-way code). The paper's MNIST setting:
+capacities from 0 to 5 nats over 25 000 iterations, ``gamma = 30``, Gumbel-softmax temperature 0.67.
 
 :class:`CapacityELBO` works for any model and reparameterised guide: each latent site named in
 ``capacities`` gets the capacity term, every other latent site its plain KL. KLs are analytic

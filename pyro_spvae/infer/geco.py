@@ -29,8 +29,11 @@ The multiplier enters a Pyro ELBO in one of two ways (``coupling``):
   extra reparameterised pass (the guide run once, the model replayed), differentiated along the
   reparameterised path. This works with any ELBO as a black box: the importance-weighted
   :class:`~pyro_spvae.infer.TraceIWAE_ELBO` (which refuses per-site scales inside the data plate)
-  and the SPN-aware bounds (which never run the model's observation site). For ``C`` the NLL and
-  ``Trace_ELBO`` it equals ``"scale"`` in expectation.
+  and the SPN-aware bounds (which never run the model's observation site). For ``C`` the NLL,
+  ``reduction="sum"`` and ``Trace_ELBO`` it equals ``"scale"`` in expectation; with the default
+  ``reduction="mean"`` the penalty is :math:`(\lambda - 1)\,\mathrm{NLL}/D` (``D`` values per
+  example), i.e. the multiplier acting on the sum is :math:`\lambda D`, which the multiplicative
+  update absorbs.
 
 ``"auto"`` (default) picks ``"scale"`` for Pyro's ``Trace_ELBO`` (and subclasses such as
 ``TraceMeanField_ELBO``), ``TraceGraph_ELBO``, ``TraceEnum_ELBO`` and ``RenyiELBO``, and

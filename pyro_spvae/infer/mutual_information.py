@@ -21,7 +21,9 @@ exceeds ``H(c)``: ``log Q <= 0``), and ``(1/2) log(2 pi e sigma^2)`` per dimensi
 The expectation runs over the *generative* model: the model is run forward with every latent site
 drawn from its prior and the observation resampled (:func:`pyro.poutine.uncondition`), giving pairs
 ``(c, x~)``; ``x~`` is the mean of ``p(x | ...)`` (``x="mean"``, differentiable for every
-likelihood; ``I(c; mean) >= I(c; x)`` by data processing, as ``c -> mean -> x`` is a Markov chain)
+likelihood; for likelihoods fixed by their mean (Bernoulli, Binomial, Gaussian of fixed scale)
+``c -> mean -> x`` is a Markov chain, so ``I(c; mean) >= I(c; x)`` by data processing; when the
+decoder also predicts a scale this ordering does not hold, and use ``x="sample"``)
 or a draw (``x="sample"``, the MI with the data themselves; reparameterised when the likelihood has
 ``rsample``).
 

@@ -47,7 +47,7 @@ from pyro_spvae.training.factory import (
 from pyro_spvae.training.files import atomic_write, atomic_write_text, check_output_dir, check_output_file
 from pyro_spvae.training.memory import MemoryBudgetError, memory_budget
 from pyro_spvae.training.metrics import MetricsError, MetricsWriter, read_metrics
-from pyro_spvae.training.params import release_foreign_params
+from pyro_spvae.training.params import ParamStoreSlot, release_foreign_params
 from pyro_spvae.training.presets import DEFAULT_PRESET, PRESETS, preset_config
 from pyro_spvae.training.resume import RESUMABLE_FIELDS, ResumePoint, resume_config
 from pyro_spvae.training.rundir import (
@@ -92,6 +92,7 @@ __all__ = [
     "NonFiniteCheckpointError",
     "NonFiniteError",
     "PRESETS",
+    "ParamStoreSlot",
     "PlateauTracker",
     "RESUMABLE_FIELDS",
     "RUN_FILES",

@@ -32,6 +32,7 @@ __all__ = [
     "init_distributed",
     "launch_command",
     "rank_slice",
+    "shard_slices",
     "shards_for_rank",
     "shutdown_distributed",
 ]
@@ -154,6 +155,22 @@ def shards_for_rank(
     check_num_shards(num_shards, idx.numel(), ctx)
     parts = torch.tensor_split(idx, num_shards)
     return [(k, parts[k]) for k in range(ctx.rank, num_shards, ctx.world_size)]
+
+
+def shard_slices(n: int, num_shards: int, ctx: DistributedContext) -> list[tuple[int, slice]]:
+    """:func:`shards_for_rank` of ``range(n)`` as slices: ``(shard_number, positions)`` for the
+    shards this rank computes, the positions split as ``torch.tensor_split`` splits them. A batch
+    sliced by them is a view, not a copy.
+
+    :raises ValueError: see :func:`check_num_shards`.
+    """
+    check_num_shards(num_shards, n, ctx)
+    base, extra = divmod(n, num_shards)
+    out = []
+    for k in range(ctx.rank, num_shards, ctx.world_size):
+        start = k * base + min(k, extra)
+        out.append((k, slice(start, start + base + (1 if k < extra else 0))))
+    return out
 
 
 def rank_slice(n: int, ctx: DistributedContext) -> slice:

@@ -1,13 +1,12 @@
 """Validation bookkeeping: the best loss (for ``best.pt``), early stopping and reduce-on-plateau
-learning rates (the scale applied to every parameter group of a Pyro optimiser)."""
+learning rates (the scale applied to every parameter group of the step's optimiser)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from pyro.optim import PyroOptim
-
+from pyro_spvae.training.optimizer import StepOptimizer
 from pyro_spvae.training.settings import EarlyStopping
 
 __all__ = ["PlateauTracker", "apply_lr_scale", "current_lr"]
@@ -89,22 +88,24 @@ class PlateauTracker:
         self.stopped_early = bool(state["stopped_early"])
 
 
-def apply_lr_scale(optim: PyroOptim, scale: float) -> None:
+def apply_lr_scale(optimizer: StepOptimizer, scale: float) -> None:
     """Set every parameter group's rate to its initial rate times ``scale`` (groups created since
     the last call included; the initial rate is kept as ``initial_lr``, as torch's schedulers do,
     and travels with the optimiser state in checkpoints)."""
-    for opt in optim.optim_objs.values():
+    for opt in optimizer.torch_optimizers():
         for group in opt.param_groups:
             if "lr" in group:
                 group.setdefault("initial_lr", group["lr"])
                 group["lr"] = group["initial_lr"] * scale
 
 
-def current_lr(optim: PyroOptim) -> float | list[float] | None:
-    """Learning rate(s) of a Pyro optimiser (a sorted list when parameter groups differ)."""
-    lrs = sorted({g["lr"] for o in optim.optim_objs.values() for g in o.param_groups if "lr" in g})
-    if not lrs and isinstance(optim.pt_optim_args, dict):
-        lr = optim.pt_optim_args.get("lr")
+def current_lr(optimizer: StepOptimizer) -> float | list[float] | None:
+    """Learning rate(s) of the step's optimiser (a sorted list when parameter groups differ; before
+    the first step, the rate its Pyro optimiser is configured with)."""
+    lrs = sorted({g["lr"] for o in optimizer.torch_optimizers() for g in o.param_groups if "lr" in g})
+    args = optimizer.optim.pt_optim_args
+    if not lrs and isinstance(args, dict):
+        lr = args.get("lr")
         return float(lr) if lr is not None else None
     if not lrs:
         return None

@@ -1,16 +1,24 @@
 """The trainer and Pyro's global parameter store: which parameters a step touched, whose they are,
-and clearing entries that would shadow a module's own parameters."""
+clearing entries that would shadow a module's own parameters, and a store of its own for one of
+several (model, guide) pairs in a process (:class:`ParamStoreSlot`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-__all__ = ["captured_params", "check_distinct_param_names", "param_fullnames", "release_foreign_params"]
+__all__ = [
+    "ParamStoreSlot",
+    "captured_params",
+    "check_distinct_param_names",
+    "param_fullnames",
+    "release_foreign_params",
+]
 
 
 def param_fullnames(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -70,3 +78,30 @@ def captured_params(traces: Iterable[poutine.Trace]) -> list[tuple[str, torch.Te
             found[id(p)] = p
     named = [(store.param_name(p) or "", p) for p in found.values()]
     return sorted(named, key=lambda t: t[0])
+
+
+class ParamStoreSlot:
+    """A Pyro param store of its own, for one of several (model, guide) pairs in one process.
+
+    Pyro's param store is global, and two instances of one model class name their parameters alike
+    (``decoder$$$...``): a trainer, or ``pyro.infer.SVI``, would find the other instance's tensors
+    under its names. Each pair runs inside its slot's :meth:`active`, which swaps the slot's entries
+    in (:meth:`pyro.params.param_store.ParamStoreDict.set_state`) and out again.
+    """
+
+    def __init__(self) -> None:
+        self.state: dict | None = None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Hold this slot's entries in the global store for the ``with`` block (an empty store the
+        first time); the store is empty after it."""
+        store = pyro.get_param_store()
+        store.clear()
+        if self.state is not None:
+            store.set_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = store.get_state()
+            store.clear()

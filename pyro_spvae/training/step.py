@@ -13,10 +13,12 @@ The step follows :meth:`pyro.infer.SVI.step` (parameters captured with
 3. **NaN/Inf guard** (:func:`nonfinite_problem`, :class:`NonFiniteGuard`): a non-finite loss or
    gradient raises :class:`NonFiniteError` naming the step and the offending parameters, or skips
    the update with ``on_nonfinite="skip"``;
-4. **optimiser step** (:func:`guarded_update`): the Pyro optimiser is applied to the captured
-   parameters, and the guard checks the updated parameters too (a finite gradient times a huge
-   learning rate overflows): with ``"skip"`` the parameters and the optimiser state are restored
-   to their values before the step (:class:`UpdateSnapshot`), with ``"raise"`` the step is named.
+4. **optimiser step** (:func:`guarded_update`): the optimiser
+   (:mod:`pyro_spvae.training.optimizer`: one torch optimiser configured by the Pyro optimiser) is
+   applied to the captured parameters, and the guard checks the updated parameters too (a finite
+   gradient times a huge learning rate overflows): with ``"skip"`` the parameters and the optimiser
+   state are restored to their values before the step (:class:`~pyro_spvae.training.optimizer.Snapshot`),
+   with ``"raise"`` the step is named.
 
 :func:`validation_loss` evaluates an estimator the same way, without gradients.
 """
@@ -24,7 +26,6 @@ The step follows :meth:`pyro.infer.SVI.step` (parameters captured with
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,10 +34,10 @@ from typing import Any
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
-from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 
 from pyro_spvae.training.distributed import DistributedContext, all_reduce_sum_
+from pyro_spvae.training.optimizer import StepOptimizer
 from pyro_spvae.training.seeding import derive_seed, seed_everything
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "ScaleGlobalSites",
-    "UpdateSnapshot",
     "average_gradients",
     "check_owned",
     "clear_grads",
@@ -61,8 +61,8 @@ VALID_KEY = (1 << 62) + 1
 #: Sub-key of the data-transform generator within a shard.
 DATA_KEY = 1
 
-#: A global batch's shard -> its examples (drawn with the given generator).
-GetBatch = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+#: A global batch's shard (a slice of its positions) -> its examples (drawn with the given generator).
+GetBatch = Callable[[slice, torch.Generator], torch.Tensor]
 
 
 class NonFiniteError(FloatingPointError):
@@ -88,7 +88,7 @@ def shard_losses_and_grads(
     elbo: ELBO,
     model: torch.nn.Module,
     guide: torch.nn.Module,
-    shards: Sequence[tuple[int, torch.Tensor]],
+    shards: Sequence[tuple[int, slice]],
     get_batch: GetBatch,
     *,
     seed: int,
@@ -97,8 +97,8 @@ def shard_losses_and_grads(
     data_plate: str,
     device: torch.device,
 ) -> tuple[float, list[poutine.Trace]]:
-    """Accumulate the gradients of this process's ``shards`` (``(shard number, indices)`` pairs of
-    :func:`~pyro_spvae.training.shards_for_rank`) into ``.grad``.
+    """Accumulate the gradients of this process's ``shards`` (``(shard number, positions)`` pairs of
+    :func:`~pyro_spvae.training.distributed.shard_slices`) into ``.grad``.
 
     :returns: the summed loss of the shards and the parameter traces of their steps.
     """
@@ -206,50 +206,20 @@ def nonfinite_parameters(named: Sequence[tuple[str, torch.Tensor]]) -> str | Non
     return f"non-finite parameters after the update: {_shown(bad)} (is the learning rate too large?)"
 
 
-class UpdateSnapshot:
-    """The captured parameters and their optimiser state before an update, to undo it.
-
-    Taken only with ``on_nonfinite="skip"`` (with ``"raise"`` training stops, so the cost of a copy
-    per step is not paid). Optimiser objects that the update creates are removed again on
-    :meth:`restore`, and the saved state they consumed is put back.
-    """
-
-    def __init__(self, params: Sequence[torch.Tensor], optim: PyroOptim) -> None:
-        self.params = list(params)
-        self.optim = optim
-        self.values = [p.detach().clone() for p in self.params]
-        objs = optim.optim_objs
-        self.states = {id(p): copy.deepcopy(objs[p].state_dict()) if p in objs else None for p in self.params}
-        self.waiting = dict(getattr(optim, "_state_waiting_to_be_consumed", {}))
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for p, v in zip(self.params, self.values):
-            p.copy_(v)
-        for p in self.params:
-            state = self.states[id(p)]
-            if state is None:
-                self.optim.optim_objs.pop(p, None)
-                getattr(self.optim, "grad_clip", {}).pop(p, None)
-            else:
-                self.optim.optim_objs[p].load_state_dict(state)
-        if hasattr(self.optim, "_state_waiting_to_be_consumed"):
-            self.optim._state_waiting_to_be_consumed = self.waiting
-
-
-def guarded_update(optim: PyroOptim, named: Sequence[tuple[str, torch.Tensor]], *, undo: bool) -> str | None:
-    """Apply ``optim`` to the parameters of ``named`` and check them afterwards.
+def guarded_update(
+    optimizer: StepOptimizer, named: Sequence[tuple[str, torch.Tensor]], *, undo: bool
+) -> str | None:
+    """Apply ``optimizer`` to the parameters of ``named`` and check them afterwards.
 
     :param undo: restore the parameters and the optimiser state when the update made a parameter
-        non-finite (``on_nonfinite="skip"``).
+        non-finite (``on_nonfinite="skip"``; the snapshot is taken only then).
     :returns: the problem (see :func:`nonfinite_parameters`), or ``None``.
     """
-    params = [p for _, p in named]
-    snapshot = UpdateSnapshot(params, optim) if undo else None
-    optim(params)
+    snapshot = optimizer.snapshot(named) if undo else None
+    optimizer.step(named)
     problem = nonfinite_parameters(named)
     if problem is not None and snapshot is not None:
-        snapshot.restore()
+        optimizer.restore(snapshot)
     return problem
 
 

@@ -37,11 +37,12 @@ from pyro_spvae.training.distributed import (
     barrier,
     broadcast_parameters,
     check_num_shards,
-    shards_for_rank,
+    shard_slices,
 )
 from pyro_spvae.training.early_stopping import PlateauTracker, apply_lr_scale, current_lr
 from pyro_spvae.training.factory import make_elbo, make_optimizer, model_max_plate_nesting
 from pyro_spvae.training.metrics import LossWindow, MetricsWriter
+from pyro_spvae.training.optimizer import make_step_optimizer
 from pyro_spvae.training.params import captured_params, check_distinct_param_names, release_foreign_params
 from pyro_spvae.training.resume import ResumePoint, check_same_run, configured_optimizer_state, rewind_run_dir
 from pyro_spvae.training.rundir import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME
@@ -96,7 +97,10 @@ class Trainer:
     :param guide: a ``PyroModule`` whose ``forward(x)`` samples the model's latent sites.
     :param elbo: any ``pyro.infer.ELBO`` (losses summed over the data plate).
     :param optim: a Pyro optimiser (e.g. ``pyro.optim.Adam``; per-parameter settings through a
-        callable, see :func:`pyro_spvae.training.make_optimizer`).
+        callable, see :func:`pyro_spvae.training.make_optimizer`). It configures the step's
+        optimiser, :attr:`optimizer`: one torch optimiser over all the parameters (fused kernels
+        where torch has them) when the update is elementwise, as Pyro runs it otherwise (see
+        :mod:`pyro_spvae.training.optimizer`); checkpoints hold Pyro's optimiser-state layout either way.
     :param train_data: dataset with ``len()`` and ``batch(idx, generator)``.
     :param schedule: batch size, length of training, validation/logging/checkpoint intervals.
     :param valid_data: optional validation dataset.
@@ -134,6 +138,7 @@ class Trainer:
         check_components(model=model, guide=guide, elbo=elbo, valid_elbo=valid_elbo, optim=optim,
                           schedule=schedule, train_data=train_data, valid_data=valid_data)
         self.model, self.guide, self.optim = model, guide, optim
+        self.optimizer = make_step_optimizer(optim)  # one torch optimiser where possible
         self.elbo, self.valid_elbo = elbo, valid_elbo if valid_elbo is not None else elbo
         self.train_data, self.valid_data = train_data, valid_data
         self.schedule = schedule
@@ -211,7 +216,7 @@ class Trainer:
         :returns: the loss per example (``nan`` when the step was skipped).
         """
         step = self.step_count
-        shards = shards_for_rank(torch.arange(n), self.num_shards, self.ctx)
+        shards = shard_slices(n, self.num_shards, self.ctx)
         loss_sum, traces = shard_losses_and_grads(
             self.elbo, self.model, self.guide, shards, get_batch, seed=self.options.seed, step=step,
             num_shards=self.num_shards, data_plate=self.options.data_plate, device=self.ctx.device,
@@ -222,7 +227,7 @@ class Trainer:
         loss = average_gradients(params, loss_sum, n, self.ctx)
         problem = nonfinite_problem(named, loss)
         if problem is None:  # the update, undone with "skip" when it makes a parameter non-finite
-            problem = guarded_update(self.optim, named, undo=self.guard.on_nonfinite == "skip")
+            problem = guarded_update(self.optimizer, named, undo=self.guard.on_nonfinite == "skip")
         clear_grads(params)
         if problem is None:
             self.guard.passed()
@@ -241,7 +246,7 @@ class Trainer:
         check_tensor("x", x)
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError("x must be a tensor with a non-empty batch dimension")
-        return self._shard_step(x.shape[0], lambda sidx, gen: x[sidx])
+        return self._shard_step(x.shape[0], lambda part, gen: x[part])  # a view of x, no copy
 
     # ------------------------------------------------------------------ validation
     def evaluate(self, data: BatchSource | None = None, max_examples: int | None = None) -> float:
@@ -262,12 +267,10 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly (weights-only loadable)."""
-        optim_state = dict(getattr(self.optim, "_state_waiting_to_be_consumed", {}))
-        optim_state.update(self.optim.get_state())
         return {
             "model": self.model.state_dict(),
             "guide": self.guide.state_dict(),
-            "optimizer": optim_state,
+            "optimizer": self.optimizer.state_dict(),
             "rng": capture_rng_state(self.sampler.generator),
             "step": self.step_count,
             **self.sampler.state_dict(),
@@ -315,7 +318,7 @@ class Trainer:
         self._sync_param_store()
         self.plateau.load_state_dict(state)
         optim_state = configured_optimizer_state(state["optimizer"], self.optim, self.plateau.lr_scale)
-        self.optim.set_state(optim_state)
+        self.optimizer.load_state_dict(optim_state)
         restore_rng_state(state["rng"], self.sampler.generator)
         self.step_count = int(state["step"])
         self.sampler.load_state_dict(state)
@@ -396,13 +399,13 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def current_lr(self) -> float | list[float] | None:
         """Learning rate(s) of the optimiser (a list when parameter groups differ)."""
-        return current_lr(self.optim)
+        return current_lr(self.optimizer)
 
     def _timed_step(self) -> tuple[float, float]:
         """One training step on the next batch; returns its loss per example and wall time."""
         t0, c0 = time.perf_counter(), time.process_time()
         idx = self.sampler.next_indices()
-        loss = self._shard_step(idx.numel(), lambda sidx, gen: self.train_data.batch(idx[sidx], gen))
+        loss = self._shard_step(idx.numel(), lambda part, gen: self.train_data.batch(idx[part], gen))
         self.sampler.advance()
         dt = time.perf_counter() - t0
         self.wall_time += dt
@@ -417,7 +420,7 @@ class Trainer:
                 self.save(self.out_dir / BEST_NAME)
             self.plateau.count(valid_loss)
         if self.plateau.lr_scale != 1.0:
-            apply_lr_scale(self.optim, self.plateau.lr_scale)
+            apply_lr_scale(self.optimizer, self.plateau.lr_scale)
         window, self.window = self.window, LossWindow()
         self.last_train_loss = window.mean_loss()
         self.metrics.write(
