@@ -35,6 +35,7 @@ from pyro_spvae.nn import (
     MLP,
     ConvDecoder,
     ConvEncoder,
+    GaussianLikelihood,
     StackedConvDecoder,
     StackedConvEncoder,
     StackedLinear,
@@ -480,7 +481,7 @@ bad_nonneg_float = st.one_of(
 @given(data=st.data())
 def test_likelihood_options_rejected(data):
     es = (1, 2, 2)
-    scale = data.draw(names_not_in(("global", "predicted", "precision", "log_scale")))
+    scale = data.draw(names_not_in(GaussianLikelihood.SCALES))
     expect_error(lambda: make_likelihood("gaussian", es, scale=scale), ValueError, "unknown gaussian scale")
     min_scale = data.draw(bad_nonneg_float)
     expect_error(
@@ -740,7 +741,7 @@ def test_vae_and_guide_reject_bad_hyperparameters(data, which):
                 EVENT,
                 z_dim=2,
                 likelihood="gaussian",
-                likelihood_kwargs={"scale": data.draw(names_not_in(("global", "predicted", "precision")))},
+                likelihood_kwargs={"scale": data.draw(names_not_in(GaussianLikelihood.SCALES))},
                 **small_kw,
             ),
             ValueError,

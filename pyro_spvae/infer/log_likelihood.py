@@ -206,6 +206,37 @@ def _validate_once(draw: Callable[..., Tensor], x: Tensor, batch_size: int) -> N
             draw(xb, 1)
 
 
+def _prepare(model, guide, x: Tensor, num_samples: int, chunk_size: int | None, batch_size: int,
+             max_plate_nesting: int | None, data_plate: str, vectorize_particles: bool
+             ) -> tuple[functools.partial, int, int]:
+    """Validate the arguments of :func:`log_marginal_likelihood`, choose the pass shape and run the
+    model/guide pair once on a probe: returns ``(draw, chunk_size, batch_size)``."""
+    check_tensor("x", x)
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must be a tensor of shape (N, ...) with N >= 1, got {tuple(x.shape)}")
+    num_samples = check_positive_int("num_samples", num_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
+    vectorize_particles = check_bool("vectorize_particles", vectorize_particles)
+    N = x.shape[0]
+    D = math.prod(x.shape[1:])
+    max_examples = batch_size
+    if chunk_size is None:
+        chunk_size, batch_size = pass_shape(N, num_samples, D * x.element_size(), max_examples=max_examples,
+                                            budget=pass_budget(x.device))
+    else:
+        chunk_size = min(check_positive_int("chunk_size", chunk_size), num_samples)
+    if max_plate_nesting is None:
+        try:  # the guess runs the pair on a 2-example probe: name the caller's x in any error
+            max_plate_nesting = guess_max_plate_nesting(model, guide, (x[: min(N, 2)],), {})
+        except ValueError as err:
+            raise ValueError(f"x of shape {tuple(x.shape)} was refused by the model/guide: {err}") from err
+    max_plate_nesting = check_positive_int("max_plate_nesting", max_plate_nesting)
+    draw = functools.partial(_chunk_log_weights, model, guide, data_plate=data_plate,
+                             max_plate_nesting=max_plate_nesting, vectorize=vectorize_particles)
+    _validate_once(draw, x, max_examples)
+    return draw, chunk_size, batch_size
+
+
 @torch.no_grad()
 def log_marginal_likelihood(
     model,
@@ -242,27 +273,9 @@ def log_marginal_likelihood(
     :raises TypeError: for arguments of the wrong type.
     :raises ValueError: for bad sizes, or a model whose data-plate sites are scaled (subsampled).
     """
-    check_tensor("x", x)
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"x must be a tensor of shape (N, ...) with N >= 1, got {tuple(x.shape)}")
-    num_samples = check_positive_int("num_samples", num_samples)
-    batch_size = check_positive_int("batch_size", batch_size)
-    vectorize_particles = check_bool("vectorize_particles", vectorize_particles)
-    N = x.shape[0]
-    D = math.prod(x.shape[1:])
-    max_examples = batch_size
-    if chunk_size is None:
-        chunk_size, batch_size = pass_shape(N, num_samples, D * x.element_size(), max_examples=max_examples,
-                                            budget=pass_budget(x.device))
-    else:
-        chunk_size = min(check_positive_int("chunk_size", chunk_size), num_samples)
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, (x[: min(N, 2)],), {})
-    max_plate_nesting = check_positive_int("max_plate_nesting", max_plate_nesting)
-    draw = functools.partial(_chunk_log_weights, model, guide, data_plate=data_plate,
-                             max_plate_nesting=max_plate_nesting, vectorize=vectorize_particles)
-    _validate_once(draw, x, max_examples)
-
+    draw, chunk_size, batch_size = _prepare(model, guide, x, num_samples, chunk_size, batch_size,
+                                            max_plate_nesting, data_plate, vectorize_particles)
+    N, D = x.shape[0], math.prod(x.shape[1:])
     log_px = torch.empty(N, dtype=torch.float64)
     ess = torch.empty(N, dtype=torch.float64)
     khat = torch.full((N,), float("nan"), dtype=torch.float64)
