@@ -11,23 +11,35 @@ networks (the library's modules' weights, read once):
   ``-BCE-with-logits`` summed per image) and folds a running ``logsumexp``; no PSIS.
 - ``spvae``: :func:`pyro_spvae.infer.spn_log_likelihood` with its defaults (bound (b), the
   paper's evaluation) on the dense SPVAE of the ``spvae-continuous`` preset (32 leaf VAEs
-  49-30-30-25, Gaussian likelihood) on ``spvae-continuous`` images. The loop (:class:`_HandSPVAE`)
-  runs the 32 leaf encoders and decoders as batched matmuls over the leaf axis (one ``baddbmm``
-  per layer, the fastest plain-PyTorch form; a Python loop over leaves is several times slower),
-  keeps a running per-leaf ``logsumexp`` and pushes the leaf estimates through the model's SPN once.
+  49-30-30-25, Gaussian likelihood with a learnt log-scale) on ``spvae-continuous`` images. The loop
+  (:class:`HandSPVAE`) runs the 32 leaf encoders and decoders as batched matmuls over the leaf axis
+  (one ``baddbmm`` per layer, the fastest plain-PyTorch form; a Python loop over leaves is several
+  times slower), keeps a running per-leaf ``logsumexp`` and pushes the leaf estimates through the
+  model's SPN once. It also handles the paper's Table 1 model (``paper-spvae-continuous``:
+  separate mean and precision networks, predicted precision ``1 + g^2``, sigmoid mean), which
+  ``bench_evaluator_table1.py`` times as ``scripts/reproduce_spvae.py`` calls it.
 
 Both loops use the pass shape the library chose (``K`` samples for ``B`` images per pass,
-:func:`pyro_spvae.infer.log_likelihood.pass_shape`), near the loops' own best on this machine
-(see ``benchmarks/RESULTS.md``). Untrained weights (seed 0): the timings do not depend on them.
-Before timing, each loop is checked against the library's networks (encoder outputs and
-per-leaf / per-image log-joint densities for fixed latents).
+:func:`pyro_spvae.infer.log_likelihood.pass_shape`); ``--hand-shapes`` adds loops at other shapes.
+Untrained weights (seed 0): the timings do not depend on them. Before timing, each loop is checked
+against the library's networks (encoder outputs and per-leaf / per-image log-joint densities for
+fixed latents).
 
-Measurement: every (case, variant) run is a fresh subprocess with 1 torch thread: setup and a
-small warm-up run, then one timed run (wall-clock and process CPU time). Peak memory growth is
-``VmHWM - VmRSS`` over the timed run after resetting the peak through ``/proc/self/clear_refs``
-(every allocation torch makes on the CPU counts; ``tracemalloc`` does not see them). Runs are
-interleaved (loop, library, loop, ... in alternating order per repetition), ratios are of
-medians, and the load average is recorded before each run.
+Time: each repetition is a fresh process (1 torch thread) that sets up the model once, warms every
+variant up and then runs the variants in turn on ten slices of the images, alternating the order,
+so that load from other processes hits all of them alike; the times are sums over the slices and
+every ratio is taken within one process (median over the repetitions). The timed processes keep
+freed memory in glibc's heap (``MALLOC_TRIM_THRESHOLD_=2**30``, ``MALLOC_MMAP_THRESHOLD_=2**25``):
+with the default settings every pass returns its big tensors to the OS and faults them in again
+(about a quarter of either loop's time), and how much depends on what ran before in the process.
+The setting shrinks the loops' time and therefore enlarges the library's relative overhead.
+
+Memory: one run of each variant alone in a fresh process, on the first 8 images (the same pass
+shape; the previous version: up to 100 images, its default batch), with
+``MALLOC_MMAP_THRESHOLD_=131072`` so that freed tensors leave the resident set at once; the peak
+growth is ``VmHWM - VmRSS`` over the run after resetting the peak through
+``/proc/self/clear_refs`` (every allocation torch makes on the CPU counts; ``tracemalloc`` does not
+see them).
 
 The default run times the VAE on 200 images and the SPVAE on 50 (``--full``: 200; about a
 third of a second of loop time per image). ``python benchmarks/bench_evaluator.py [--quick]
@@ -47,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,6 +70,11 @@ NUM_IMAGES, NUM_SAMPLES = 200, 5000
 LOG_2PI = math.log(2 * math.pi)
 GOAL_TIME, GOAL_MEMORY = 1.1, 2.0
 MEMORY_IMAGES, MMAP_THRESHOLD = 8, 128 * 1024
+#: The SPVAE timed here (the paper's Table 1 model, ``paper-spvae-continuous``, is timed by
+#: ``bench_evaluator_table1.py`` with the same :class:`HandSPVAE`).
+SPVAE_PRESET = "spvae-continuous"
+#: glibc settings of the timed processes: keep freed memory in the heap (see the module docstring)
+TIMING_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
 
 
 NOTES = """\
@@ -136,29 +154,58 @@ class _HandVAE:
         return torch.cat(out)
 
 
-class _HandSPVAE:
-    """The SPVAE's bound (b) in plain PyTorch: stacked leaf networks, per-leaf running logsumexp."""
+def _stacked_nets(module: Any) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The ``(weight, bias)`` layers of each stacked network: one per head of a ``StackedHeads``."""
+    nets = list(module.nets) if hasattr(module, "nets") else [module]
+    return [_linears(net, True) for net in nets]
+
+
+class HandSPVAE:
+    """The SPVAE's bound (b) in plain PyTorch: stacked leaf networks, per-leaf running logsumexp.
+
+    Two leaf likelihoods: a Gaussian with a learnt log-scale per leaf and pixel (one decoder) or the
+    paper's Gaussian with a predicted precision ``1 + g^2`` and a ``sigmoid`` mean (two decoders,
+    ``decoder_heads="separate"``); the encoders give ``loc`` and a raw scale (one network split in
+    two, or two networks) mapped by ``softplus + 1e-4`` or the paper's ``1 / sqrt(1 + raw^2)``.
+    """
 
     def __init__(self, model: Any, guide: Any) -> None:
-        self.enc, self.dec = _linears(guide.encoder, True), _linears(model.decoder, True)
+        self.enc, self.dec = _stacked_nets(guide.encoder), _stacked_nets(model.decoder)
         self.z_dim, self.spn = model.z_dim, model.spn_log_value
         if not bool(model.scopes.mask.all()) or model.event_shape[0] != 1:
             raise ValueError("the hand-written SPVAE loop handles one channel and equal leaf regions")
         self.index = model.scopes.index.repeat_interleave(model.leaf_k, 0)  # (L, P): leaf -> pixels
-        log_scale = model.log_scale.detach().reshape(self.index.shape)  # (L, P)
-        self.inv_scale = torch.exp(-log_scale).unsqueeze(1).unsqueeze(1)  # (L, 1, 1, P)
-        self.const = (-log_scale - 0.5 * LOG_2PI).sum(-1)[:, None, None]  # (L, 1, 1)
+        self.precision_scale = guide.posterior_scale == "precision"
+        self.sigmoid_loc = model.leaf_likelihood.options.get("loc") == "sigmoid"
+        self.predicted_precision = model.leaf_likelihood.num_params == 2
+        self.const = torch.tensor(-0.5 * self.index.shape[1] * LOG_2PI - 0.5 * self.z_dim * LOG_2PI)
+        if not self.predicted_precision:
+            log_scale = model.log_scale.detach().reshape(self.index.shape)  # (L, P)
+            self.inv_scale = torch.exp(-log_scale).unsqueeze(1).unsqueeze(1)  # (L, 1, 1, P)
+            self.const = self.const - log_scale.sum(-1)[:, None, None]  # (L, 1, 1)
 
     def encode(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = _mlp(self.enc, p, True)  # (L, B, 2 z_dim)
-        return h[..., : self.z_dim], F.softplus(h[..., self.z_dim :]) + 1e-4
+        if len(self.enc) == 2:
+            loc, raw = _mlp(self.enc[0], p, True), _mlp(self.enc[1], p, True)  # (L, B, z_dim) each
+        else:
+            h = _mlp(self.enc[0], p, True)  # (L, B, 2 z_dim)
+            loc, raw = h[..., : self.z_dim], h[..., self.z_dim :]
+        return loc, torch.rsqrt(1.0 + raw * raw) if self.precision_scale else F.softplus(raw) + 1e-4
 
     def log_joint(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``log p(x_l, z_l)`` ``(L, k, B)`` for patches ``p`` ``(L, B, P)`` and ``z`` ``(L, k, B, z)``."""
         lk, k, b, _ = z.shape
-        mu = _mlp(self.dec, z.reshape(lk, k * b, self.z_dim), True).view(lk, k, b, -1)
-        r = (p.unsqueeze(1) - mu) * self.inv_scale
-        return self.const - 0.5 * (r * r).sum(-1) - 0.5 * (z * z).sum(-1) - 0.5 * self.z_dim * LOG_2PI
+        flat = z.reshape(lk, k * b, self.z_dim)
+        mu = _mlp(self.dec[0], flat, True).view(lk, k, b, -1)
+        mu = torch.sigmoid(mu) if self.sigmoid_loc else mu
+        r = p.unsqueeze(1) - mu
+        if self.predicted_precision:  # sum_d 1/2 log(tau_d) - tau_d r_d^2 / 2, tau = 1 + g^2
+            g2 = _mlp(self.dec[1], flat, True).view(lk, k, b, -1).square()
+            ll = 0.5 * (torch.log1p(g2) - (1.0 + g2) * (r * r)).sum(-1)
+        else:
+            r = r * self.inv_scale
+            ll = -0.5 * (r * r).sum(-1)
+        return self.const + ll - 0.5 * (z * z).sum(-1)
 
     def check(self, model: Any, guide: Any, x: torch.Tensor) -> None:
         p = x.flatten(1)[:, self.index].transpose(0, 1)  # (L, B, P)
@@ -197,7 +244,7 @@ def _setup(case: str, num_images: int) -> tuple[Any, Any, torch.Tensor]:
         model, guide = MODELS["vae"](EVENT_SHAPE, z_dim=50, hidden=(200, 200), likelihood="bernoulli")
         data = load_dataset("embedded", "test", "binary-static")
     else:
-        model, guide = MODELS["spvae"](EVENT_SHAPE, **PRESETS["spvae-continuous"]["model_kwargs"])
+        model, guide = MODELS["spvae"](EVENT_SHAPE, **PRESETS[SPVAE_PRESET]["model_kwargs"])
         data = load_dataset("embedded", "test", "spvae-continuous")
     return model, guide, data.batch(torch.arange(num_images), torch.Generator().manual_seed(0))
 
@@ -222,49 +269,70 @@ def _status_mib(key: str) -> float:
     raise KeyError(key)
 
 
-def _worker(case: str, variant: str, num_images: int, num_samples: int) -> dict[str, Any]:
-    """One timed evaluation in this (fresh) process; see the module docstring. ``variant``: ``"hand"``
-    (the library's pass shape), ``"hand@KxB"``, ``"lib"`` or ``"before"``."""
+def _runner(case: str, variant: str, model: Any, guide: Any) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``run(x, num_samples) -> log p(x)`` of one variant: ``"hand"`` (the library's pass shape),
+    ``"hand@KxB"``, ``"lib"`` or ``"before"`` (the library found first on ``sys.path``)."""
+    if variant.startswith("hand"):
+        hand = (_HandVAE if case == "vae" else HandSPVAE)(model, guide)
+        shape = tuple(int(v) for v in variant.partition("@")[2].split("x")) if "@" in variant else None
+
+        def run(x: torch.Tensor, s: int) -> torch.Tensor:
+            chunk, batch = shape or _library_pass_shape(case, x, s)
+            return hand.log_px(x, s, min(chunk, s), batch)
+        return run
+    from pyro_spvae.infer import log_marginal_likelihood, spn_log_likelihood
+
+    if case == "vae":
+        return lambda x, s: log_marginal_likelihood(model, guide, x, num_samples=s, progress=False).log_px
+    return lambda x, s: spn_log_likelihood(model, guide, x, num_samples=s)
+
+
+def _pass_shape(case: str, variant: str, x: torch.Tensor, num_samples: int) -> list[int] | None:
+    if variant.startswith("hand@"):
+        return [int(v) for v in variant.partition("@")[2].split("x")]
+    return None if variant == "before" else list(_library_pass_shape(case, x, num_samples))
+
+
+def _worker(case: str, variants: list[str], num_images: int, num_samples: int, rounds: int,
+            memory: bool) -> dict[str, Any]:
+    """Time the ``variants`` in this (fresh) process on ``rounds`` slices of the images, in turn
+    (alternating the order), or (``memory``) measure the peak memory growth of one variant."""
     torch.set_num_threads(1)
     model, guide, x = _setup(case, num_images)
-    info: dict[str, Any] = {}
-    if variant.startswith("hand"):
-        hand = (_HandVAE if case == "vae" else _HandSPVAE)(model, guide)
-        with torch.no_grad():
-            hand.check(model, guide, x[:8])
-        if "@" in variant:
-            chunk, batch = (int(v) for v in variant.partition("@")[2].split("x"))
-        else:
-            chunk, batch = _library_pass_shape(case, x, num_samples)
-        info["pass_shape"] = [chunk, batch]
-
-        def run(xx: torch.Tensor, s: int) -> torch.Tensor:
-            return hand.log_px(xx, s, min(chunk, s), batch)
-    else:
-        if variant == "lib":
-            info["pass_shape"] = list(_library_pass_shape(case, x, num_samples))
-        from pyro_spvae.infer import log_marginal_likelihood, spn_log_likelihood
-
-        def run(xx: torch.Tensor, s: int) -> torch.Tensor:
-            if case == "vae":
-                return log_marginal_likelihood(model, guide, xx, num_samples=s, progress=False).log_px
-            return spn_log_likelihood(model, guide, xx, num_samples=s)
-
+    runners = {v: _runner(case, v, model, guide) for v in variants}
+    slices = x.tensor_split(rounds)
+    shapes = {v: _pass_shape(case, v, x, num_samples) for v in variants}
+    if any(shape and shape[1] > min(len(xs) for xs in slices) for shape in shapes.values()):
+        raise ValueError(f"{case}: a pass shape holds more images than a slice ({num_images} / {rounds})")
+    if any(_pass_shape(case, v, xs, num_samples) != shapes[v] for v in variants for xs in slices):
+        raise RuntimeError(f"{case}: a slice of the images gets another pass shape than all of them")
+    out = {v: {"pass_shape": shapes[v], "wall_s": [], "cpu_s": [], "log_px": []} for v in variants}
     with torch.no_grad():
-        run(x[:4], 50)  # warm-up: lazy imports and first-call initialisation
-        with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS to the current RSS
-            f.write("5")
-        base = _status_mib("VmRSS")
-        t0, c0 = time.perf_counter(), time.process_time()
-        log_px = run(x, num_samples)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {**info, "wall_s": wall, "cpu_s": cpu, "peak_mib": _status_mib("VmHWM") - base,
-            "mean_log_px": float(log_px.double().mean())}
+        for v in variants:
+            if v.startswith("hand"):  # the loop computes what the library computes
+                (_HandVAE if case == "vae" else HandSPVAE)(model, guide).check(model, guide, x[:8])
+            runners[v](x[:4], 50)  # warm-up: lazy imports and first-call initialisation
+        if memory:
+            with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS to the current RSS
+                f.write("5")
+            base = _status_mib("VmRSS")
+        for r, xs in enumerate(slices):
+            for v in variants if r % 2 == 0 else variants[::-1]:
+                t0, c0 = time.perf_counter(), time.process_time()
+                log_px = runners[v](xs, num_samples)
+                out[v]["wall_s"].append(time.perf_counter() - t0)
+                out[v]["cpu_s"].append(time.process_time() - c0)
+                out[v]["log_px"] += log_px.double().tolist()
+    for v in variants:
+        out[v]["mean_log_px"] = statistics.fmean(out[v].pop("log_px"))
+        if memory:
+            out[v]["peak_mib"] = _status_mib("VmHWM") - base
+    return out
 
 
 def _memory_images(variant: str, num_images: int) -> int:
-    """Images of the live-memory run: few, with the pass shape of the timed run (checked by the
-    worker for the library's shape; the previous version batched up to 100 images per pass)."""
+    """Images of the live-memory run: few, with the pass shape of the timed run (checked), except
+    for the previous version, which batched up to 100 images per pass."""
     if variant == "before":
         return min(num_images, 100)
     if variant.startswith("hand@"):
@@ -272,43 +340,46 @@ def _memory_images(variant: str, num_images: int) -> int:
     return min(num_images, MEMORY_IMAGES)
 
 
-def _spawn(case: str, variant: str, num_images: int, num_samples: int, path: str | None,
-           live_memory: bool = False) -> dict[str, Any]:
+def _spawn(case: str, variants: list[str], num_images: int, num_samples: int, rounds: int,
+           path: str | None, memory: bool = False) -> dict[str, Any]:
     env = dict(os.environ)
     if path is not None:
         env["PYTHONPATH"] = os.pathsep.join([path] + [p for p in [env.get("PYTHONPATH")] if p])
-    if live_memory:  # a fixed mmap threshold: freed big blocks go back to the OS at once
+    if memory:  # a fixed mmap threshold: freed big blocks go back to the OS at once
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, variant, str(num_images),
-           str(num_samples)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, cwd=path or os.getcwd())
+    else:
+        env.update(TIMING_MALLOC)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, ",".join(variants), str(num_images),
+           str(num_samples), str(rounds), str(int(memory))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, cwd=path or os.getcwd())
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[2:])} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
-
-
-def _case_summary(runs: dict[str, list[dict[str, Any]]], memory: dict[str, dict[str, Any]],
+def _case_summary(reps: list[dict[str, Any]], memory: dict[str, dict[str, Any]],
                   num_images: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"num_images": num_images, "pass_shape": runs["hand"][0].get("pass_shape"),
-                           "variants": {}}
-    for name, rs in runs.items():
-        if memory[name].get("pass_shape") != rs[0].get("pass_shape"):
+    """Medians over the repetitions; each ratio is taken within one process (one repetition)."""
+    out: dict[str, Any] = {"num_images": num_images, "variants": {}}
+    for name in (n for n in reps[0] if not n.startswith("hand#")):
+        rs = [rep[name] for rep in reps]
+        mem = memory[name]
+        if mem["pass_shape"] != rs[0]["pass_shape"]:
             raise RuntimeError(f"{name}: the live-memory run has another pass shape than the timed runs")
-        # against the loop at the library's pass shape; a loop at another shape against the library
+        # against the loop at the library's pass shape in the same process; a loop at another shape:
+        # the library against it
         num, den = ("lib", name) if name.startswith("hand@") else (name, "hand")
+        den = "hand#before" if name == "before" else den
+        ratio = {key: statistics.median(sum(rep[num][key]) / sum(rep[den][key]) for rep in reps)
+                 for key in ("wall_s", "cpu_s")}
         out["variants"][name] = {
-            "wall_s": _median(rs, "wall_s"), "cpu_s": _median(rs, "cpu_s"),
-            "time_ratio": _median(runs[num], "wall_s") / _median(runs[den], "wall_s"),
-            "cpu_ratio": _median(runs[num], "cpu_s") / _median(runs[den], "cpu_s"),
-            "live_peak_mib": memory[name]["peak_mib"],
-            "memory_ratio": memory[num]["peak_mib"] / max(memory[den]["peak_mib"], 1e-9),
-            "rss_peak_mib": [min(r["peak_mib"] for r in rs), max(r["peak_mib"] for r in rs)],
-            "mean_log_px": statistics.fmean(r["mean_log_px"] for r in rs),
-            "runs": rs, "memory_run": memory[name],
+            "pass_shape": rs[0]["pass_shape"],
+            "wall_s": statistics.median(sum(r["wall_s"]) for r in rs),
+            "cpu_s": statistics.median(sum(r["cpu_s"]) for r in rs),
+            "time_ratio": ratio["wall_s"], "cpu_ratio": ratio["cpu_s"],
+            "live_peak_mib": mem["peak_mib"],
+            "memory_ratio": memory[num]["peak_mib"] / max(memory[den.partition("#")[0]]["peak_mib"], 1e-9),
+            "mean_log_px": statistics.fmean(r["mean_log_px"] for r in rs), "runs": rs, "memory_run": mem,
         }
     return out
 
@@ -317,41 +388,41 @@ _LABELS = {"hand": "hand-written loop", "lib": "**library**", "before": "library
 _CASE_NAMES = {"vae": "`log_marginal_likelihood`, VAE", "spvae": "`spn_log_likelihood`, SPVAE"}
 
 
-def _summary(cases: dict[str, Any], num_samples: int, reps: int) -> str:
+def _summary(cases: dict[str, Any], num_samples: int, reps: int, rounds: int, loads: list[float]) -> str:
     lines = [
         f"{num_samples} importance samples per MNIST test image, library defaults (PSIS on for the VAE) "
         "against a hand-written PyTorch loop with the same networks at the library's pass shape (K "
-        f"samples x B images); 1 torch thread, a fresh process per run, {reps} interleaved repetitions, "
-        f"medians. Goals: time <= {GOAL_TIME}x, peak memory growth <= {GOAL_MEMORY:g}x the loop's. Ratios: "
-        "variant / loop; for a loop at another shape (`loop @ K x B`), library / that loop.",
+        f"samples x B images); 1 torch thread. Each repetition is a fresh process that runs the "
+        f"variants in turn on {rounds} slices of the images (alternating the order); times are the "
+        f"sums over the slices, medians over {reps} repetitions, and each ratio is the median of the "
+        f"per-process ratios. Goals: time <= {GOAL_TIME}x, peak memory growth <= {GOAL_MEMORY:g}x the "
+        "loop's. Ratios: variant / loop; for a loop at another shape (`loop @ K x B`), library / that loop.",
         "",
         "| evaluation | images | variant | pass (K x B) | wall (s) | CPU (s) | time ratio (wall / CPU) "
-        "| live peak (MiB) | memory ratio | RSS peak growth (MiB) | mean log p(x) |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| live peak (MiB) | memory ratio | mean log p(x) |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for case, res in cases.items():
-        k, b = res["pass_shape"]
         for name, v in res["variants"].items():
             plain = name == "hand"
             ratio = "1" if plain else f"{v['time_ratio']:.2f}x / {v['cpu_ratio']:.2f}x"
             mem = "1" if plain else f"{v['memory_ratio']:.2f}x"
-            label, _, shape = name.partition("@")
-            shape = shape.replace("x", " x ") or ("old defaults" if name == "before" else f"{k} x {b}")
-            lo, hi = v["rss_peak_mib"]
-            lines.append(f"| {_CASE_NAMES[case]} | {res['num_images']} | {_LABELS[label]} | {shape} "
-                         f"| {v['wall_s']:.2f} | {v['cpu_s']:.2f} | {ratio} | {v['live_peak_mib']:.1f} "
-                         f"| {mem} | {lo:.0f} to {hi:.0f} | {v['mean_log_px']:.2f} |")
-    loads = [r["load"][0] for res in cases.values() for v in res["variants"].values() for r in v["runs"]]
+            shape = "old defaults" if v["pass_shape"] is None else " x ".join(map(str, v["pass_shape"]))
+            lines.append(f"| {_CASE_NAMES[case]} | {res['num_images']} | {_LABELS[name.partition('@')[0]]} "
+                         f"| {shape} | {v['wall_s']:.2f} | {v['cpu_s']:.2f} | {ratio} "
+                         f"| {v['live_peak_mib']:.1f} | {mem} | {v['mean_log_px']:.2f} |")
     lines += [
         "",
-        f"1-minute load average before the timed runs: {min(loads):.2f} to {max(loads):.2f} "
-        f"({os.cpu_count()} cores shared with other work). Live peak: `VmHWM - VmRSS` over one run on "
-        f"the first {MEMORY_IMAGES} images (same pass shape; the previous version: up to 100 images, its "
-        f"default batch) with `MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}`, "
-        "so that freed tensors leave the resident set at once; RSS peak growth: the same over the timed "
-        "runs with glibc's default allocator, whose adaptive mmap threshold keeps freed blocks in the "
-        "heap (the range over the repetitions; it depends on the allocation order more than on the "
-        "evaluator).",
+        f"1-minute load average before the processes: {min(loads):.2f} to {max(loads):.2f} "
+        f"({os.cpu_count()} cores shared with other work). The timed processes keep freed memory in "
+        "glibc's heap (`MALLOC_TRIM_THRESHOLD_=2**30`): with the default settings each pass faults "
+        "its tensors in again, about a quarter of either loop's time. The library's per-call costs "
+        "(the guess of `max_plate_nesting`, the one-particle validation pass) are paid once per "
+        "slice. Live peak: `VmHWM - VmRSS` over one run of the variant alone in a fresh process, on the "
+        f"first {MEMORY_IMAGES} images (same pass shape; the previous version: up to 100 images, its "
+        f"default batch), with `MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}` so that freed tensors leave the "
+        "resident set at once (with glibc's adaptive threshold the resident set keeps freed blocks: the "
+        "same loop measured anywhere from 44 to 583 MiB).",
         "",
         NOTES,
     ]
@@ -369,29 +440,39 @@ def run(quick: bool = False, before: str | None = None, hand_shapes: str | None 
     """
     before = before or os.environ.get("BENCH_EVALUATOR_BEFORE") or None
     hand_shapes = hand_shapes or os.environ.get("BENCH_EVALUATOR_HAND_SHAPES") or ""
-    reps = 1 if quick else 3
+    reps, rounds = (1, 2) if quick else (3, 10)
     num_samples = 1000 if quick else NUM_SAMPLES
     images = {"vae": 20 if quick else NUM_IMAGES, "spvae": 20 if quick else (NUM_IMAGES if full else 50)}
-    variants = ["hand", "lib"] + (["before"] if before else [])
-    runs: dict[str, dict[str, list]] = {case: {v: [] for v in variants} for case in images}
-    for spec in filter(None, (s.strip() for s in hand_shapes.split(","))):  # "KxB" or "case:KxB"
-        case, _, shape = spec.rpartition(":")
-        for c in [case] if case else list(runs):
-            runs[c][f"hand@{shape}"] = []
-    order = [(case, v) for case in runs for v in runs[case]]
+    groups: dict[str, list[tuple[list[str], str | None]]] = {}
+    for case, n in images.items():
+        main = ["hand", "lib"]
+        for spec in filter(None, (s.strip() for s in hand_shapes.split(","))):  # "KxB" or "case:KxB"
+            c, _, shape = spec.rpartition(":")
+            main += [f"hand@{shape}"] if c in ("", case) else []
+        # the previous version runs beside its own loop at the current library's pass shape
+        k, b = _library_pass_shape(case, torch.empty(n, *EVENT_SHAPE), num_samples)
+        groups[case] = [(main, None)] + ([([f"hand@{k}x{b}", "before"], before)] if before else [])
+    timed: dict[str, list[dict[str, Any]]] = {case: [{} for _ in range(reps)] for case in images}
+    loads = []
     for rep in range(reps):
-        for case, v in order if rep % 2 == 0 else order[::-1]:  # alternate the order: drift hits both
-            load = os.getloadavg()
-            res = _spawn(case, v, images[case], num_samples, before if v == "before" else None)
-            runs[case][v].append({**res, "load": [round(a, 2) for a in load]})
-    memory: dict[str, dict[str, Any]] = {case: {} for case in runs}
-    for case, v in order:
-        n = _memory_images(v, images[case])
-        memory[case][v] = {**_spawn(case, v, n, num_samples, before if v == "before" else None,
-                                    live_memory=True), "num_images": n}
-    cases = {case: _case_summary(r, memory[case], images[case]) for case, r in runs.items()}
+        for case, case_groups in groups.items():
+            for variants, path in case_groups:
+                loads.append(os.getloadavg()[0])
+                res = _spawn(case, variants, images[case], num_samples, rounds, path)
+                if path is not None:
+                    res = {"before": res["before"], "hand#before": res[variants[0]]}
+                timed[case][rep].update(res)
+    memory: dict[str, dict[str, Any]] = {case: {} for case in images}
+    for case, case_groups in groups.items():
+        for variants, path in case_groups:
+            for v in variants if path is None else ["before"]:
+                n = _memory_images(v, images[case])
+                res = _spawn(case, [v], n, num_samples, 1, path, memory=True)
+                memory[case][v] = {**res[v], "num_images": n}
+    cases = {case: _case_summary(timed[case], memory[case], images[case]) for case in images}
     return {"name": "evaluator", "quick": quick, "threads": 1, "num_samples": num_samples, "reps": reps,
-            "before": before, "cases": cases, "summary": _summary(cases, num_samples, reps)}
+            "rounds": rounds, "before": before, "cases": cases,
+            "summary": _summary(cases, num_samples, reps, rounds, loads)}
 
 
 def _option(flag: str) -> str | None:
@@ -399,8 +480,9 @@ def _option(flag: str) -> str | None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--worker":
-        print(json.dumps(_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+    if len(sys.argv) == 8 and sys.argv[1] == "--worker":
+        case, variants, n, s, rounds, memory = sys.argv[2:]
+        print(json.dumps(_worker(case, variants.split(","), int(n), int(s), int(rounds), memory == "1")))
         sys.exit(0)
     result = run(quick="--quick" in sys.argv, before=_option("--before"),
                  hand_shapes=_option("--hand-shapes"), full="--full" in sys.argv)

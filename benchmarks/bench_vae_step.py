@@ -255,12 +255,12 @@ def time_config(arch: str, estimator: str, k: int, x: torch.Tensor, reps: int, s
 def profile_trainer_step(x: torch.Tensor, steps: int = 100, top: int = 12) -> dict[str, list[dict[str, Any]]]:
     """cProfile of ``steps`` ``Trainer.step`` calls (dense, ``Trace_ELBO``, Pyro validation on): the
     ``top`` entries by own time, and by cumulative time among Pyro's and this package's functions
-    (ms per step, profiler overhead included)."""
+    (CPU ms per step, profiler overhead included)."""
     fn, contexts = build_variants("dense", "trace", 1, x)["trainer_on"]
     with _context(contexts, True):
         for _ in range(3):
             fn(x)
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time)  # CPU time: steadier on a shared machine
         prof.enable()
         for _ in range(steps):
             fn(x)
@@ -307,9 +307,10 @@ def _goals(rows: list[dict[str, Any]]) -> list[str]:
         goal = GOALS[r["arch"]]
         on, off, svi = (r["ratio_cpu"][n] for n in ("trainer_on", "trainer_off", "svi_on"))
         verdict = " / ".join("met" if v <= goal else "not met" for v in (on, off))
+        when = f" (rows kept from the run of {r['from_run']})" if r.get("from_run") else ""
         lines.append(f"- {r['arch']}, {r['estimator']} K={r['num_particles']}: Pyro validation on {on:.2f}x, "
                      f"off {off:.2f}x (goal <= {goal}x: {verdict}); raw SVI {svi:.2f}x (on); load "
-                     f"{r['load_before'][0]} -> {r['load_after'][0]}")
+                     f"{r['load_before'][0]} -> {r['load_after'][0]}{when}")
     return lines
 
 
@@ -337,7 +338,7 @@ def _summary(rows: list[dict[str, Any]], source: str, profile: dict[str, list[di
     ]
     lines += _table(rows) + [""] + _goals(rows) + [""] + _attribution(rows)
     if profile:
-        lines += ["", "cProfile of `Trainer.step` (dense, Trace_ELBO, Pyro validation on; ms per step, "
+        lines += ["", "cProfile of `Trainer.step` (dense, Trace_ELBO, Pyro validation on; CPU ms per step, "
                   "profiler overhead included), top entries by own time and by cumulative time:", "",
                   "| function (own time) | calls/step | own ms |", "|---|---:|---:|"]
         lines += [f"| `{p['function']}` | {p['calls_per_step']:.0f} | {p['own_ms_per_step']:.3f} |"
@@ -346,6 +347,15 @@ def _summary(rows: list[dict[str, Any]], source: str, profile: dict[str, list[di
         lines += [f"| `{p['function']}` | {p['calls_per_step']:.0f} | {p['cumulative_ms_per_step']:.3f} |"
                   for p in profile["cumulative"]]
     return "\n".join(lines)
+
+
+def _previous_row(arch: str, estimator: str, k: int) -> dict[str, Any]:
+    """The row of ``results/vae_step.json`` for this configuration, marked with that run's date
+    (``$BENCH_VAE_STEP_ARCHS``, e.g. ``dense``, re-times only those architectures)."""
+    previous = json.loads((Path(__file__).resolve().parent / "results" / "vae_step.json").read_text())
+    row = next(r for r in previous["rows"]
+               if (r["arch"], r["estimator"], r["num_particles"]) == (arch, estimator, k))
+    return {**row, "from_run": row.get("from_run") or previous.get("machine", {}).get("date", "?")}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -357,7 +367,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         # (arch, estimator, K, repetitions, steps per repetition): the conv steps take 0.2-1.5 s
         configs = [("dense", "trace", 1, 25, 5), ("dense", "iwae", 5, 21, 3), ("conv", "trace", 1, 7, 2),
                    ("conv", "iwae", 5, 5, 1)]
+        archs = os.environ.get("BENCH_VAE_STEP_ARCHS", "dense,conv").split(",")
         rows = [time_config(arch, estimator, k, x, 3 if quick else reps, 1 if quick else steps)
+                if arch in archs else _previous_row(arch, estimator, k)
                 for arch, estimator, k, reps, steps in configs]
         profile = profile_trainer_step(x, steps=20 if quick else 100)
     finally:

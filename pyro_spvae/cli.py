@@ -12,6 +12,14 @@ is refused unless ``--overwrite`` asks to delete them (see :mod:`pyro_spvae.trai
 Every command checks what it reads and that it can write before it starts working, so a refused
 command leaves the run directory as it was; every file is written atomically.
 
+Model families: ``--preset`` names a family's configuration (``dlgmm-a``, ``vhp-vae``, ``mivae-mi``,
+...: :mod:`pyro_spvae.training.presets`); the options of the Lagrange multiplier (``--constraint
+{mse,nll} --kappa K --geco-rule {geco,vhp} ...``), the MI regulariser (``--mi-sites c,z[0]
+--mi-weight W``), the capacity objective (``--elbo capacity --capacity-max ...``) and the temperature
+annealing (``--temperature-start ...``) set the run's configuration fields of the same names
+(:mod:`pyro_spvae.training.arguments`); their per-step state is logged as ``geco/lambda``, ... and
+checkpointed (:mod:`pyro_spvae.training.hooks`).
+
 Data-parallel: ``torchrun --nproc_per_node=N -m pyro_spvae train ...`` (gloo on CPU, nccl on GPU);
 ``evaluate`` also shards its examples across processes. Bad input (arguments, damaged run files or
 data, an unwritable or full disk, settings estimated to exceed ``--memory-budget``) ends with one
@@ -28,7 +36,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,12 +44,17 @@ from typing import Any
 import torch
 
 from pyro_spvae import __version__
-from pyro_spvae.validation import (
-    check_hidden,
-    check_nonnegative_int,
-    check_positive_float,
-    check_positive_int,
-    check_real,
+from pyro_spvae.training.arguments import (
+    FAMILY_OPTIONS,
+    MODEL_OPTIONS,
+    finite_float,
+    group_lr,
+    int_list,
+    memory_size,
+    nonnegative_int,
+    option_dest,
+    positive_float,
+    positive_int,
 )
 
 __all__ = ["build_parser", "main"]
@@ -52,53 +65,6 @@ EXIT_FAILURE = 1
 
 class CLIError(Exception):
     """A user error reported as ``error: <message>`` with exit status 2."""
-
-
-# ---------------------------------------------------------------------------- argument types
-def _arg_type(
-    convert: Callable[[str], Any], check: Callable[[Any], Any], expected: str
-) -> Callable[[str], Any]:
-    """An argparse ``type``: ``check(convert(text))`` (the checks of :mod:`pyro_spvae.validation`);
-    a failure of either reads ``expected {expected}, got {text!r}``."""
-
-    def parse(text: str) -> Any:
-        try:
-            return check(convert(text))
-        except (ValueError, TypeError):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-
-    return parse
-
-
-def _nonempty_widths(values: list[int]) -> list[int]:
-    if not values:
-        raise ValueError("no widths")
-    return list(check_hidden("hidden", values))
-
-
-_positive_int = _arg_type(int, partial(check_positive_int, "value"), "a positive integer")
-_nonnegative_int = _arg_type(int, partial(check_nonnegative_int, "value"), "a non-negative integer")
-_positive_float = _arg_type(float, partial(check_positive_float, "value"), "a positive finite number")
-_finite_float = _arg_type(float, partial(check_real, "value"), "a finite number")
-_int_list = _arg_type(lambda text: [int(v) for v in text.split(",") if v.strip()], _nonempty_widths,
-                      "comma-separated positive integers")
-
-
-def _size(text: str) -> int:
-    """A memory size (``16G``, ``512M``, ``off`` -> 0: no limit)."""
-    from pyro_spvae.training.memory import parse_size
-
-    try:
-        return parse_size(text) or 0
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _group_lr(text: str) -> tuple[str, float]:
-    pattern, sep, lr = text.rpartition("=")
-    if not sep or not pattern:
-        raise argparse.ArgumentTypeError(f"expected PATTERN=LR (e.g. 'sum_logits=1e-2'), got {text!r}")
-    return pattern, _positive_float(lr)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -132,19 +98,20 @@ def _add_train_parser(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data-dir", default=None, help="existing MNIST directory (files are downloaded into it)")
     t.add_argument("--transform", choices=sorted(TRANSFORMS), default=None, help="data transform")
     t.add_argument("--likelihood", default=None, help="likelihood head (default: the transform's own)")
-    t.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimension")
-    t.add_argument("--hidden", type=_int_list, default=None, help="hidden widths, e.g. 200,200")
+    t.add_argument("--z-dim", type=positive_int, default=None, help="latent dimension")
+    t.add_argument("--hidden", type=int_list, default=None, help="hidden widths, e.g. 200,200")
     t.add_argument("--arch", choices=("dense", "conv"), default=None, help="network architecture")
     t.add_argument("--elbo", choices=ELBO_NAMES, default=None, help="estimator")
-    t.add_argument("--num-particles", type=_positive_int, default=None, help="samples per data point")
-    t.add_argument("--alpha", type=_finite_float, default=None, help="Renyi alpha (--elbo renyi)")
-    t.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
-    t.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate")
-    t.add_argument("--group-lr", type=_group_lr, action="append", default=None, metavar="PATTERN=LR",
+    t.add_argument("--num-particles", type=positive_int, default=None, help="samples per data point")
+    t.add_argument("--alpha", type=finite_float, default=None, help="Renyi alpha (--elbo renyi)")
+    t.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
+    t.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate")
+    t.add_argument("--group-lr", type=group_lr, action="append", default=None, metavar="PATTERN=LR",
                    help="learning rate for parameters whose names match the regex (repeatable)")
-    t.add_argument("--clip-norm", type=_positive_float, default=None,
+    t.add_argument("--clip-norm", type=positive_float, default=None,
                    help="clip gradient norms (ClippedAdam)")
     _add_schedule_args(t)
+    _add_family_args(t)
     t.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     again = t.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -160,24 +127,32 @@ def _add_schedule_args(t: argparse.ArgumentParser) -> None:
     from pyro_spvae.training.settings import NONFINITE_POLICIES
 
     stop = t.add_mutually_exclusive_group()
-    stop.add_argument("--steps", type=_positive_int, default=None, help="number of optimisation steps")
-    stop.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs")
-    t.add_argument("--eval-every", type=_positive_int, default=None, help="validate every N steps")
-    t.add_argument("--patience", type=_nonnegative_int, default=None, help="early-stopping patience (0: off)")
-    t.add_argument("--lr-decay", type=_positive_float, default=None,
+    stop.add_argument("--steps", type=positive_int, default=None, help="number of optimisation steps")
+    stop.add_argument("--epochs", type=positive_int, default=None, help="number of epochs")
+    t.add_argument("--eval-every", type=positive_int, default=None, help="validate every N steps")
+    t.add_argument("--patience", type=nonnegative_int, default=None, help="early-stopping patience (0: off)")
+    t.add_argument("--lr-decay", type=positive_float, default=None,
                    help="multiply the learning rates by this factor in (0, 1) on a validation plateau")
-    t.add_argument("--lr-patience", type=_positive_int, default=None,
+    t.add_argument("--lr-patience", type=positive_int, default=None,
                    help="validations without improvement before each learning-rate decay (default 5)")
     t.add_argument("--min-rel-improvement", type=float, default=None,
                    help="relative validation gain that counts as an improvement (default 0: any)")
-    t.add_argument("--valid-max-examples", type=_positive_int, default=None, help="cap validation examples")
-    t.add_argument("--log-every", type=_positive_int, default=None, help="metrics line every N steps")
-    t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="checkpoint every N steps")
-    t.add_argument("--seed", type=_nonnegative_int, default=None, help="master seed")
-    t.add_argument("--shards", type=_positive_int, default=None,
+    t.add_argument("--valid-max-examples", type=positive_int, default=None, help="cap validation examples")
+    t.add_argument("--log-every", type=positive_int, default=None, help="metrics line every N steps")
+    t.add_argument("--checkpoint-every", type=positive_int, default=None, help="checkpoint every N steps")
+    t.add_argument("--seed", type=nonnegative_int, default=None, help="master seed")
+    t.add_argument("--shards", type=positive_int, default=None,
                    help="micro-batches per step (default: #procs)")
     t.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default=None,
                    help="NaN/Inf loss or gradients")
+
+
+def _add_family_args(t: argparse.ArgumentParser) -> None:
+    """... the options of the model families, the Lagrange multiplier (GECO), the MI regulariser,
+    the capacity objective and the temperature annealing ..."""
+    for flag, kind, text in FAMILY_OPTIONS:
+        kind_kw = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        t.add_argument(flag, default=None, help=text, **kind_kw)
 
 
 def _add_process_args(p: argparse.ArgumentParser) -> None:
@@ -185,14 +160,14 @@ def _add_process_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--backend", choices=("gloo", "nccl"), default=None, help="torch.distributed backend")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of a single-process run")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch intra-op threads per process (default: torch's; use 1 on a busy shared "
                    "machine)")
     _add_memory_arg(p)
 
 
 def _add_memory_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
+    p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
                    help="refuse settings estimated to need more memory, e.g. 16G or 'off' (default: "
                    "$PYRO_SPVAE_MEMORY_BUDGET, else 80%% of the physical memory)")
 
@@ -203,13 +178,13 @@ def _add_evaluate_parser(e: argparse.ArgumentParser) -> None:
     e.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run directory written by 'train' (under torchrun spell it --run-dir: torchrun "
                    "claims --run*)")
-    e.add_argument("--num-samples", type=_positive_int, default=5000, help="importance samples per example")
+    e.add_argument("--num-samples", type=positive_int, default=5000, help="importance samples per example")
     e.add_argument("--split", choices=("train", "valid", "test"), default="test")
-    e.add_argument("--max-examples", type=_positive_int, default=None, help="evaluate the first N examples")
-    e.add_argument("--batch-size", type=_positive_int, default=100, help="examples per pass")
-    e.add_argument("--chunk-size", type=_positive_int, default=500, help="importance samples per pass")
+    e.add_argument("--max-examples", type=positive_int, default=None, help="evaluate the first N examples")
+    e.add_argument("--batch-size", type=positive_int, default=100, help="examples per pass")
+    e.add_argument("--chunk-size", type=positive_int, default=500, help="importance samples per pass")
     e.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
-    e.add_argument("--seed", type=_nonnegative_int, default=0, help="seed for data noise and sampling")
+    e.add_argument("--seed", type=nonnegative_int, default=0, help="seed for data noise and sampling")
     e.add_argument("--out", default=None, help="output JSON (default: RUN/eval.json)")
     _add_process_args(e)
 
@@ -218,11 +193,11 @@ def _add_sample_parser(s: argparse.ArgumentParser) -> None:
     from pyro_spvae.training.rundir import CHECKPOINTS
 
     s.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by 'train'")
-    s.add_argument("--num", type=_positive_int, default=64, help="number of samples")
+    s.add_argument("--num", type=positive_int, default=64, help="number of samples")
     s.add_argument("--out", default=None, help="output PNG (default: RUN/samples.png)")
     s.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     s.add_argument("--mode", choices=("mean", "sample"), default="mean", help="mean of p(x|z) or a draw")
-    s.add_argument("--seed", type=_nonnegative_int, default=0)
+    s.add_argument("--seed", type=nonnegative_int, default=0)
     s.add_argument("--device", choices=("cpu",), default="cpu", help=argparse.SUPPRESS)
     _add_memory_arg(s)
 
@@ -252,7 +227,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``TrainConfig`` fields given on the command line."""
     names = ("model", "data", "data_dir", "transform", "elbo", "num_particles", "alpha", "batch_size", "lr",
              "clip_norm", "eval_every", "valid_max_examples", "log_every", "checkpoint_every", "seed",
-             "shards", "on_nonfinite", "lr_decay", "lr_patience", "min_rel_improvement")
+             "shards", "on_nonfinite", "lr_decay", "lr_patience", "min_rel_improvement",
+             *(d for d in map(option_dest, (o[0] for o in FAMILY_OPTIONS)) if d not in MODEL_OPTIONS))
     over: dict[str, Any] = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.steps is not None:
         over["steps"], over["epochs"] = args.steps, None
@@ -260,7 +236,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["epochs"], over["steps"] = args.epochs, None
     if args.patience is not None:
         over["patience"] = args.patience or None
-    model_kwargs = {k: getattr(args, k) for k in ("z_dim", "hidden", "arch", "likelihood")}
+    model_kwargs = {k: getattr(args, k) for k in ("z_dim", "hidden", "arch", "likelihood", *MODEL_OPTIONS)}
     model_kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
     if model_kwargs:
         over["model_kwargs"] = model_kwargs
@@ -363,6 +339,8 @@ def _finish_training(plan: Any, trainer: Any, valid: Any, result: Any) -> None:
         guide.load_state_dict(state["guide"])
     except CheckpointError:  # no readable best.pt: plot the final state
         pass
+    model.eval()  # inference: e.g. the hard one-hot codes of a relaxed MIVAE
+    guide.eval()
     records = read_metrics(out / METRICS_NAME) if (out / METRICS_NAME).exists() else []
     save_run_figures(out, model.cpu(), guide.cpu(), valid, seed=config.seed,
                      title=f"{config.model} ({config.elbo})", records=records)
@@ -398,6 +376,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
         if ctx.is_main:
             write_report(report, out)
+            print(report.describe(), file=sys.stderr)  # the human summary; stdout keeps the JSON alone
             print(json.dumps(report.summary()))
         return 0
     finally:

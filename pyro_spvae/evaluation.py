@@ -169,6 +169,34 @@ class EvaluationReport:
         return {"log_likelihood_nats": self.log_likelihood_nats, "nll_nats": self.nll_nats,
                 "bits_per_dim": self.bits_per_dim}
 
+    def describe(self) -> str:
+        """A short summary for people: the estimate with its standard error and bits per dimension,
+        then the PSIS diagnosis (Vehtari et al. 2024; ``docs/estimators.md``): the fraction of
+        examples whose k-hat exceeds :data:`~pyro_spvae.infer.log_likelihood.KHAT_THRESHOLD` and
+        what that means for the estimate.
+
+        :returns: a few lines of text (no trailing newline).
+        """
+        per = " per leaf" if self.estimator == "spn-leaf-iw" else ""
+        where = f" {self.split}" if self.split else ""
+        lines = [f"log p(x) = {self.log_likelihood_nats:.2f} +- {self.log_likelihood_stderr:.2f} nats per "
+                 f"example ({self.bits_per_dim:.4f} bits/dim) on {self.num_examples}{where} examples, "
+                 f"{self.num_samples} importance samples{per} (estimator {self.estimator!r})"]
+        if self.khat is None:
+            lines.append("PSIS k-hat: not defined for this estimator (no single weight vector per example).")
+            return "\n".join(lines)
+        above = int((self.khat > KHAT_THRESHOLD).sum())
+        lines.append(f"PSIS k-hat > {KHAT_THRESHOLD}: {above / self.num_examples:.1%} of the examples "
+                     f"({above} of {self.num_examples}).")
+        if above:
+            lines.append(f"The estimate is unreliable for those examples: their importance weights are too "
+                         f"heavy-tailed for {self.num_samples} samples, so more samples or a proposal closer "
+                         "to the posterior (a better-trained guide) are needed.")
+        else:
+            lines.append("Every k-hat is at most the threshold: the importance weights are light-tailed "
+                         "enough for the estimate to be reliable.")
+        return "\n".join(lines)
+
 
 def _examples(data: Any, max_examples: int | None, seed: int | None) -> torch.Tensor:
     """The first ``max_examples`` examples of a tensor or a dataset (noise of a stochastic

@@ -192,13 +192,17 @@ def _pca_2d(z: Tensor) -> np.ndarray:
 
 
 def plot_latent_space(z: Tensor, labels: Tensor | None, path: str | os.PathLike, title: str | None = None,
-                      point_size: float = 4.0) -> Path:
+                      point_size: float = 4.0, legend_title: str = "label") -> Path:
     """Scatter the 2-D PCA projection of latents ``z (N, D)`` coloured by ``labels (N,)`` (integer
-    classes, e.g. digits; ``None``: one colour) and write it as PNG to ``path`` atomically (the
-    directory is created; a failed write leaves the previous file intact).
+    classes, e.g. digits or components; ``None``: one colour) and write it as PNG to ``path``
+    atomically (the directory is created; a failed write leaves the previous file intact).
+
+    Each class keeps its colour across plots (``tab10`` for classes below 10, else ``tab20``,
+    indexed by the class value) and gets a legend entry titled ``legend_title``.
 
     :returns: the written path.
     """
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     check_tensor("z", z)
@@ -207,13 +211,16 @@ def plot_latent_space(z: Tensor, labels: Tensor | None, path: str | os.PathLike,
     if labels is not None and (check_integer_dtype("labels", labels).shape != z.shape[:1]):
         raise ValueError(f"labels must have shape ({z.shape[0]},), got {tuple(labels.shape)}")
     xy = _pca_2d(z)
-    fig = Figure(figsize=(5, 5))
+    fig = Figure(figsize=(5.6, 5))
     ax = fig.add_subplot()
-    colours = None if labels is None else labels.detach().cpu().numpy()
-    points = ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=point_size,
-                        cmap="tab10" if colours is not None else None)
-    if colours is not None:
-        fig.colorbar(points, ax=ax, label="label")
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=point_size)
+    else:
+        y = labels.detach().cpu().numpy()
+        cmap = colormaps["tab10" if y.max() < 10 else "tab20"]
+        for c in np.unique(y):
+            ax.scatter(xy[y == c, 0], xy[y == c, 1], s=point_size, color=cmap(int(c) % cmap.N), label=str(c))
+        ax.legend(title=legend_title, markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title(title or "latent space (PCA)")

@@ -605,3 +605,16 @@ def test_property_download_of_random_bytes_leaves_nothing(payload, gz):
             assert not (Path(root) / "mnist").exists()
     finally:
         mnist_module._urlopen = saved
+
+
+def test_batch_is_a_copy_equal_to_indexing():
+    """``batch`` copies the stored rows (index_select): the same values as indexing the stored
+    tensor, for any order and repeats, and writing into a batch leaves the dataset unchanged."""
+    data = ImageDataset(random_images(20), torch.arange(20) % 10, "binary-static")
+    for idx in (torch.arange(5, 12), torch.tensor([3, 3, 0, 19, 7]), torch.arange(20).flip(0)):
+        out = data.batch(idx)
+        torch.testing.assert_close(out, data.transform.batch(data._stored[idx]), rtol=0, atol=0)
+    before = data.batch(torch.arange(20)).clone()
+    out = data.batch(torch.arange(4))
+    out.fill_(0.5)
+    torch.testing.assert_close(data.batch(torch.arange(20)), before, rtol=0, atol=0)

@@ -4,6 +4,7 @@ seeding, and restoring a run directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -212,3 +213,42 @@ def test_report_is_a_plain_record():
     single = EvaluationReport(log_px=torch.tensor([-1.0]), khat=None, ess=None, estimator="iwae",
                               num_samples=1, event_dim=1)
     assert math.isnan(single.log_likelihood_stderr)
+
+
+class PoorGuide(PyroModule):
+    """``q(z | x) = N(0, 0.05^2)``: far narrower than the prior and blind to ``x``, so the
+    importance weights of most examples are heavy-tailed."""
+
+    def forward(self, x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[:1]), 0.05))
+
+
+def test_describe_states_the_psis_diagnosis():
+    x = torch.randn(40, D, generator=torch.Generator().manual_seed(3)) * 2.0
+    good = evaluate(OneFactor(), ExactPosterior(), x, num_samples=200, chunk_size=100)
+    text = good.describe()
+    assert "PSIS k-hat > 0.7: 0.0% of the examples (0 of 40)" in text
+    assert "reliable" in text and "unreliable" not in text
+    assert f"{good.log_likelihood_nats:.2f} +- {good.log_likelihood_stderr:.2f} nats" in text
+    poor = evaluate(OneFactor(), PoorGuide(), x, num_samples=200, chunk_size=100)
+    above = int((poor.khat > 0.7).sum())
+    assert above > 0
+    text = poor.describe()
+    assert f"PSIS k-hat > 0.7: {above / 40:.1%} of the examples ({above} of 40)" in text
+    assert "unreliable" in text and "more samples" in text
+
+
+def test_describe_counts_khat_above_the_threshold_exactly():
+    khat = torch.tensor([0.1, 0.71, 0.7, float("nan"), 2.0, 0.5, 0.9, 0.2], dtype=torch.float64)
+    report = EvaluationReport(log_px=torch.full((8,), -90.0, dtype=torch.float64), khat=khat,
+                              ess=torch.ones(8, dtype=torch.float64), estimator="iwae", num_samples=5000,
+                              event_dim=784, split="test")
+    text = report.describe()
+    # 0.71, 2.0 and 0.9 exceed 0.7; 0.7 itself and NaN do not
+    assert "PSIS k-hat > 0.7: 37.5% of the examples (3 of 8)" in text
+    assert "on 8 test examples, 5000 importance samples (estimator 'iwae')" in text
+    assert report.khat_summary()["fraction_above_threshold"] == pytest.approx(3 / 8)
+    spn = dataclasses.replace(report, khat=None, ess=None, estimator="spn-leaf-iw")
+    assert "5000 importance samples per leaf" in spn.describe()
+    assert "not defined" in spn.describe() and "k-hat >" not in spn.describe()

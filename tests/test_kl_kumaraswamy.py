@@ -19,7 +19,7 @@ from pyro_spvae.distributions.kl import (
     kumaraswamy_expected_log,
     kumaraswamy_expected_log1m,
 )
-from pyro_spvae.distributions.stick_breaking import StickBreaking
+from pyro_spvae.distributions.stick_breaking import StickBreaking, kumaraswamy_log_isf
 
 DT = torch.float64
 GRID_AB = [0.3, 0.7, 1.0, 2.0, 5.0, 8.0]
@@ -87,6 +87,30 @@ def test_kl_matches_monte_carlo(a, b, alpha, beta):
     r = q.log_prob(v) - p.log_prob(v)
     se = r.std() / math.sqrt(r.numel())
     assert abs(kl_kumaraswamy_beta(*_t(a, b, alpha, beta)) - r.mean()) < 4 * se
+
+
+def test_kl_matches_monte_carlo_on_grid():
+    """Over a, b in {0.3, 0.7, 2, 8} (below 1 and above 5) and alpha, beta in {0.5, 1, 5}, the
+    registered KL agrees with E_q[log q(v) - log p(v)] from 20,000 draws per point within 5 standard
+    errors (144 points at once: 5 rather than 4 keeps the family-wise false-alarm rate below 1e-4).
+
+    The draws are made in log space, ``v = (1 - u^(1/b))^(1/a)`` through ``kumaraswamy_log_isf``, where
+    ``log(1 - v^a) = log(u) / b`` exactly, so neither density meets ``v = 1`` in floating point (with
+    b = 0.3 torch's sampler rounds 1 in 10^5 float64 draws to 1)."""
+    points = list(itertools.product([0.3, 0.7, 2.0, 8.0], [0.3, 0.7, 2.0, 8.0], GRID_PRIOR, GRID_PRIOR))
+    a, b, alpha, beta = (torch.tensor(col, dtype=DT).unsqueeze(-1) for col in zip(*points))
+    g = torch.Generator().manual_seed(0)
+    neg_log_u = torch.empty(len(points), 20_000, dtype=DT).exponential_(generator=g)
+    log_v, log1m_v = kumaraswamy_log_isf(neg_log_u, a, b)
+    log_q = a.log() + b.log() + (a - 1) * log_v - (b - 1) * neg_log_u / b
+    log_p = (alpha - 1) * log_v + (beta - 1) * log1m_v - torch.lgamma(alpha) - torch.lgamma(beta) \
+        + torch.lgamma(alpha + beta)
+    r = log_q - log_p
+    se = r.std(-1) / math.sqrt(r.shape[-1])
+    kl = kl_divergence(Kumaraswamy(a.squeeze(-1), b.squeeze(-1)), Beta(alpha.squeeze(-1), beta.squeeze(-1)))
+    z = (kl - r.mean(-1)).abs() / se
+    assert (z < 5).all(), [(points[i], float(z[i])) for i in torch.nonzero(z >= 5).flatten()]
+    assert float(z.mean()) < 1.2  # |N(0, 1)| has mean 0.8: the errors look like Monte Carlo noise
 
 
 def test_ten_term_series_is_off_for_small_b():

@@ -432,3 +432,58 @@ def test_squeezed_binomial_is_the_reference_log_pmf():
 def test_reference_head_options_are_checked(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_likelihood(name, (1, 2, 2), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_bernoulli_support_fast_path_agrees_with_elementwise_check(dtype):
+    """The one-reduction support test accepts exactly the tensors the elementwise {0, 1} check
+    accepts (edge values next to 0 and 1, signed zero, subnormals, infinities, NaN), and a tensor it
+    refuses still gets the elementwise message naming the bad values."""
+    lik = make_likelihood("bernoulli", (1, 2, 2))
+    info = torch.finfo(dtype)
+    edge = [0.0, -0.0, 1.0, 0.5, 2.0, -1.0, info.eps, 1 - info.eps / 2, 1 + info.eps, info.tiny,
+            info.tiny * 2**-3, info.max, -info.max, math.inf, -math.inf, math.nan]
+    for v in edge:
+        x = torch.tensor([[0.0, 1.0, 1.0, v]], dtype=dtype).reshape(1, 1, 2, 2)
+        ok = bool(((x == 0) | (x == 1)).all())
+        assert lik._in_support(x) == ok, (v, dtype)
+        if not ok and not math.isnan(v):
+            with pytest.raises(ValueError, match=r"1 values outside the support .*e\.g\."):
+                lik.check_support(x)
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((64, 1, 2, 2), 0.3), generator=g).to(dtype)
+    assert lik._in_support(x) and lik.check_support(x) is x
+    assert not lik._in_support(torch.empty(0, 1, 2, 2, dtype=dtype))  # nothing to decide: the plain check
+    lik.check_support(torch.empty(0, 1, 2, 2, dtype=dtype))
+
+
+def test_checked_bernoulli_equals_pyro_bernoulli():
+    """The Bernoulli head's distribution gives Pyro's Bernoulli log-probabilities and gradients
+    (validation on), expands, and refuses what Pyro's refuses with torch's messages."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_spvae.nn.likelihoods import CheckedBernoulli
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((4, 1, 3, 3), 0.4), generator=g)
+    with pyro.validation_enabled(True):
+        logits = torch.randn(4, 1, 3, 3, generator=g, requires_grad=True)
+        lik = make_likelihood("bernoulli", (1, 3, 3))
+        mine = lik(logits)
+        assert isinstance(mine.base_dist, CheckedBernoulli) and mine.base_dist._validate_args
+        (grad,) = torch.autograd.grad(mine.log_prob(x).sum(), logits)
+        ref = dist.Bernoulli(logits=logits).to_event(3)
+        (ref_grad,) = torch.autograd.grad(ref.log_prob(x).sum(), logits)
+        torch.testing.assert_close(mine.log_prob(x), ref.log_prob(x), rtol=0, atol=0)
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+        wide = mine.expand((2, 4))
+        assert isinstance(wide.base_dist, CheckedBernoulli) and wide.log_prob(x).shape == (2, 4)
+        for bad, match in ((x * 0.5, "support"), (torch.zeros(3, 1, 3, 3), "broadcastable")):
+            with pytest.raises(ValueError, match=match):
+                mine.log_prob(bad)
+        with pytest.raises(ValueError, match="logits"):
+            CheckedBernoulli(torch.tensor([0.0, math.nan]))
+        CheckedBernoulli(torch.tensor([math.inf, -math.inf]))  # no NaN: accepted, as by torch
+    with pyro.validation_enabled(False):
+        assert not CheckedBernoulli(torch.tensor([math.nan]))._validate_args

@@ -23,3 +23,10 @@ def test_readme_python_example_runs():
     # The example trains with SVI: it must have produced a finite loss and moved the guide.
     assert torch.isfinite(torch.tensor(namespace["loss"]))
     assert namespace["step"] == 199
+
+
+def test_make_demo_is_the_first_command_and_its_time_is_stated():
+    text = README.read_text()
+    first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
+    assert first_block.splitlines()[0].startswith("make demo")
+    assert re.search(r"`make demo` took [^\n]*\d+ min", text), "README must state the measured demo time"

@@ -391,3 +391,40 @@ def test_nan_loss_warns():
         for method in (elbo.loss, elbo.loss_and_grads, elbo.differentiable_loss):
             with pytest.warns(UserWarning, match="Encountered NaN: loss"):
                 method(spn, Guide(spn, exact=False), x)
+
+
+def test_explicit_chunk_size_bounds_the_examples_per_pass(monkeypatch):
+    """An explicit ``chunk_size`` fixes the samples per pass; the budget still splits the examples
+    (``leaf_pass_shape``), so a fixed chunk never draws for all examples at once. Split or not, the
+    estimate agrees with the exact log-likelihood within Monte Carlo error, and the one-pass shape
+    still draws the same samples as before (``_BEFORE``)."""
+    from pyro_spvae.infer import log_likelihood
+    from pyro_spvae.infer.spn_bounds import LEAF_PASS_BUDGET_FRACTION, leaf_pass_shape
+
+    spn = PPCASPN()
+    x = _data(4, seed=2)
+    # 1000 rows of one example in the leaf share of the budget: 4 examples per pass at chunk 250
+    budget = int(1000 * x[0].numel() * x.element_size() / LEAF_PASS_BUDGET_FRACTION)
+    monkeypatch.setitem(log_likelihood.PASS_BUDGET_BYTES, "cpu", budget)
+    assert leaf_pass_shape(x, 3000, 250) == (250, 4)
+    assert leaf_pass_shape(x, 3000, 5000) == (3000, 1)  # the chunk is capped by num_samples
+    assert leaf_pass_shape(x, 3000, 400) == (400, 2)  # 2 examples per pass
+    assert leaf_pass_shape(x, 3000, 2000) == (2000, 1)  # at least one example per pass
+    assert leaf_pass_shape(x[:3], 3000, 500) == (500, 2)  # 3 examples: batches of 2 and 1
+    assert leaf_pass_shape(torch.zeros(100, 1, 28, 28), 5000, 100) == (100, 1)  # 1000 rows: 10 at 3 MiB
+    monkeypatch.undo()
+    assert leaf_pass_shape(torch.zeros(100, 1, 28, 28), 5000, 100) == (100, 10)
+    torch.manual_seed(0)
+    same = spn_log_likelihood(spn, Guide(spn, exact=False), x, num_samples=3000, chunk_size=250)
+    torch.testing.assert_close(same, torch.tensor(_BEFORE["leaf"]), rtol=0, atol=1e-5)
+    monkeypatch.setitem(log_likelihood.PASS_BUDGET_BYTES, "cpu", budget // 4)  # 250 rows: 1 example
+    calls = []
+    guide = Guide(spn, exact=False)
+    draw = guide.leaf_posterior
+    monkeypatch.setattr(guide, "leaf_posterior", lambda xb: calls.append(xb.shape[0]) or draw(xb))
+    torch.manual_seed(1)
+    split = spn_log_likelihood(spn, guide, x, num_samples=3000, chunk_size=250)
+    assert calls == [1] * 48  # 4 examples x 12 chunks of 250
+    exact = spn.exact_log_prob(x)
+    assert ((exact - split).abs() < 0.08).all(), (split, exact)
+    assert ((split - same).abs() > 0).all()  # other draws

@@ -78,6 +78,29 @@ def test_gem_monte_carlo_means_match_gem_moments():
     assert ((pi.var(0) - d.variance).abs() < 0.05 * d.variance).all()
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 5.0])
+def test_gem_samples_lie_on_the_simplex_with_the_gem_moments(alpha):
+    """Reparameterised GEM(alpha) draws, T = 7: on the simplex (sum 1, non-negative, in ``support``);
+    means and variances against the closed forms from independent Beta(1, alpha) sticks,
+    E[pi_k] = (1/(1+alpha)) r^(k-1) with r = alpha/(1+alpha), E[pi_k^2] = E[v^2] E[(1-v)^2]^(k-1)
+    with E[v^2] = 2/((1+alpha)(2+alpha)), E[(1-v)^2] = alpha/(2+alpha), and E[pi_T^2] = E[(1-v)^2]^(T-1)."""
+    T, n = 7, 50_000
+    torch.manual_seed(1)
+    d = StickBreaking.gem(torch.tensor(alpha, dtype=DT), T)
+    pi = d.rsample((n,))
+    assert pi.shape == (n, T) and bool((pi >= 0).all()) and bool(d.support.check(pi).all())
+    assert torch.allclose(pi.sum(-1), torch.ones(n, dtype=DT), atol=1e-12)
+    r, m2_v, m2_rest = alpha / (1 + alpha), 2 / ((1 + alpha) * (2 + alpha)), alpha / (2 + alpha)
+    mean = torch.tensor([r ** k / (1 + alpha) for k in range(T - 1)] + [r ** (T - 1)], dtype=DT)
+    second = torch.tensor([m2_v * m2_rest ** k for k in range(T - 1)] + [m2_rest ** (T - 1)], dtype=DT)
+    assert torch.allclose(d.mean, mean, atol=1e-14)
+    assert torch.allclose(d.variance, second - mean**2, atol=1e-14)
+    se = pi.std(0) / math.sqrt(n)
+    assert ((pi.mean(0) - mean).abs() < 4 * se).all()
+    se_var = (pi - mean).pow(2).std(0) / math.sqrt(n)  # standard error of the sample variance
+    assert ((pi.var(0) - (second - mean**2)).abs() < 4 * se_var).all()
+
+
 def test_kumaraswamy_sticks_moments():
     d = _kuma([0.5, 2.0, 4.0, 0.3], [0.4, 1.5, 3.0, 0.2])
     pi = d.sample((40_000,))

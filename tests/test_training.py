@@ -428,6 +428,25 @@ def test_invalid_arguments(kwargs, error, message):
         ("model", "nope", ValueError, "unknown model 'nope'"),
         ("data", "cifar", ValueError, "unknown data 'cifar'"),
         ("model_kwargs", None, TypeError, "model_kwargs must be a dict"),
+        ("constraint", "mae", ValueError, "GECO: unknown constraint 'mae'"),
+        ("constraint", 1, TypeError, "constraint must be 'mse' or 'nll'"),
+        ("constraint_site", "", ValueError, "constraint site must be a non-empty site name"),
+        ("kappa", -0.1, ValueError, "GECO: kappa must be a finite number in \\[0"),
+        ("geco_rule", "beta", ValueError, "GECO: unknown rule 'beta'"),
+        ("geco_nu", 0.0, ValueError, "GECO: nu must be a finite number"),
+        ("geco_alpha", 1.0, ValueError, "GECO: alpha must be a finite number in \\[0, 1\\)"),
+        ("geco_warmup", 1.5, TypeError, "GECO: warmup must be an int"),
+        ("geco_update_every", 0, ValueError, "GECO: update_every must be an int"),
+        ("lambda_init", 0.0, ValueError, "GECO: lambda_min|GECO: lambda_init"),
+        ("geco_coupling", "both", ValueError, "GECO: unknown coupling 'both'"),
+        ("mi_sites", "c", TypeError, "mi_sites must be a list of site names"),
+        ("mi_sites", ["z[x]"], ValueError, "MI regulariser: cannot parse code 'z\\[x\\]'"),
+        ("mi_weight", -1.0, ValueError, "MI regulariser: weight must be a finite number"),
+        ("mi_q", "encoder", ValueError, "unknown mi_q 'encoder'"),
+        ("capacity_sites", [], TypeError, "capacity sites must be a non-empty list"),
+        ("capacity_steps", -1, ValueError, "capacity: num_steps must be an int"),
+        ("capacity_gamma", -30.0, ValueError, "capacity: gamma must be a finite number"),
+        ("temperature_start", 0.0, ValueError, "temperature: start must be a finite number in \\(0"),
     ],
 )
 def test_train_config_checks_every_field(field, value, error, message):
@@ -462,6 +481,32 @@ def test_from_config_builds_the_configured_trainer(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["config"] == config.to_dict()
     with pytest.raises(TypeError, match="config must be a TrainConfig"):
         Trainer.from_config(config.to_dict(), TinyModel(), TinyGuide(), NoisyData())
+
+
+def test_make_elbo_by_name_and_wrapped():
+    """The estimators of the model families by name, GECO inside the MI regulariser (whose
+    generative pass must not see GECO's scaled sites), the settings of the configuration."""
+    from pyro.infer import TraceEnum_ELBO
+
+    from pyro_spvae.infer import GECO, CapacityELBO, MIRegularizedELBO, MixtureELBO
+    from pyro_spvae.training import GECOSettings, MISettings
+
+    assert isinstance(make_elbo("enum", max_plate_nesting=1), TraceEnum_ELBO)
+    assert isinstance(make_elbo("mixture", 2), MixtureELBO)
+    capacity = make_elbo("capacity", max_plate_nesting=1)
+    assert isinstance(capacity, CapacityELBO) and not capacity.auto_step and capacity.gamma == 30.0
+    elbo = make_elbo("trace", geco=GECOSettings("nll", kappa=0.3, rule="vhp", nu=0.5), mi=MISettings(("c",)))
+    assert isinstance(elbo, MIRegularizedELBO) and isinstance(elbo.elbo, GECO)
+    geco = elbo.elbo
+    assert (geco.rule, geco.kappa, geco.nu, geco.auto_update) == ("vhp", 0.3, 0.5, False)
+    assert isinstance(geco.elbo, Trace_ELBO) and geco.coupling == "scale"
+    with pytest.raises(ValueError, match="needs its Q network"):
+        make_elbo("trace", mi=MISettings(("c",), q="net"))
+    config = TrainConfig(constraint="mse", kappa=0.2, geco_rule="vhp", geco_warmup=3, mi_sites=["c", "z[0]"],
+                         mi_weight=2.0, temperature_start=1.0)
+    assert config.geco() == GECOSettings("mse", "x", 0.2, "vhp", warmup=3)
+    assert config.mi() == MISettings(("c", "z[0]"), 2.0) and config.temperature().start == 1.0
+    assert TrainConfig().geco() is None and TrainConfig().mi() is None and TrainConfig().temperature() is None
 
 
 def test_rejects_non_elbo_and_clashing_names():

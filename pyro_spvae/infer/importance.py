@@ -52,6 +52,7 @@ from pyro_spvae.infer.particles import (
     particle_traces,
     run_pair,
 )
+from pyro_spvae.nn.likelihoods import CheckedBernoulli
 from pyro_spvae.validation import check_positive_int
 
 __all__ = ["ImportanceTerms", "ReducedTrace", "compute_importance_terms", "terms_from_traces"]
@@ -102,7 +103,8 @@ def _normal_log_prob(base: Normal, value: Tensor, n: int) -> Tensor:
 
 
 _FUSED_LOG_PROB = {Bernoulli: _bernoulli_log_prob, dist.Bernoulli: _bernoulli_log_prob,
-                   Normal: _normal_log_prob, dist.Normal: _normal_log_prob}
+                   CheckedBernoulli: _bernoulli_log_prob, Normal: _normal_log_prob,
+                   dist.Normal: _normal_log_prob}
 
 
 def _site_log_prob(fn, value: Tensor, args: tuple, kwargs: dict) -> Tensor:

@@ -62,7 +62,7 @@ import pyro.infer
 import pyro.poutine
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_spvae.infer.arviz import psis_khat
 from pyro_spvae.infer.importance import compute_importance_terms
@@ -237,6 +237,32 @@ def _prepare(model, guide, x: Tensor, num_samples: int, chunk_size: int | None, 
     return draw, chunk_size, batch_size
 
 
+def _estimate(draw: Callable[..., Tensor], x: Tensor, num_samples: int, chunk_size: int, batch_size: int,
+              *, psis: bool, keep_log_weights: bool, progress: bool
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``log_px``, ``ess``, ``khat`` ``(N,)`` float64 and the ``(N, S)`` log-weights or ``None``, in
+    batches of ``batch_size`` examples and chunks of ``chunk_size`` particles (on the CPU)."""
+    N = x.shape[0]
+    log_px = torch.empty(N, dtype=torch.float64)
+    ess = torch.empty(N, dtype=torch.float64)
+    khat = torch.full((N,), float("nan"), dtype=torch.float64)
+    all_lw = torch.empty(N, num_samples, dtype=torch.float32) if keep_log_weights else None
+    total = math.ceil(N / batch_size) * math.ceil(num_samples / chunk_size)
+    with tqdm(total=total, disable=not progress, desc="log p(x)", unit="chunk") as bar:
+        for start in range(0, N, batch_size):
+            xb = x[start : start + batch_size]
+            B = xb.shape[0]
+            est = _stream_batch(functools.partial(draw, xb), xb, num_samples, chunk_size,
+                                psis or keep_log_weights, bar)
+            log_px[start : start + B] = est.log_px.cpu()
+            ess[start : start + B] = est.ess.cpu()
+            if psis:
+                khat[start : start + B] = torch.from_numpy(psis_khat(est.buffer.cpu().numpy()))
+            if all_lw is not None:
+                all_lw[start : start + B] = (est.buffer.double() + est.offset.unsqueeze(-1)).float().cpu()
+    return log_px, ess, khat, all_lw
+
+
 @torch.no_grad()
 def log_marginal_likelihood(
     model,
@@ -275,25 +301,10 @@ def log_marginal_likelihood(
     """
     draw, chunk_size, batch_size = _prepare(model, guide, x, num_samples, chunk_size, batch_size,
                                             max_plate_nesting, data_plate, vectorize_particles)
-    N, D = x.shape[0], math.prod(x.shape[1:])
-    log_px = torch.empty(N, dtype=torch.float64)
-    ess = torch.empty(N, dtype=torch.float64)
-    khat = torch.full((N,), float("nan"), dtype=torch.float64)
-    all_lw = torch.empty(N, num_samples, dtype=torch.float32) if keep_log_weights else None
-    total = math.ceil(N / batch_size) * math.ceil(num_samples / chunk_size)
-    with tqdm(total=total, disable=not progress, desc="log p(x)", unit="chunk") as bar, \
-            pyro.validation_enabled(False):
-        for start in range(0, N, batch_size):
-            xb = x[start : start + batch_size]
-            B = xb.shape[0]
-            est = _stream_batch(functools.partial(draw, xb), xb, num_samples, chunk_size,
-                                psis or keep_log_weights, bar)
-            log_px[start : start + B] = est.log_px.cpu()
-            ess[start : start + B] = est.ess.cpu()
-            if psis:
-                khat[start : start + B] = torch.from_numpy(psis_khat(est.buffer.cpu().numpy()))
-            if keep_log_weights:
-                all_lw[start : start + B] = (est.buffer.double() + est.offset.unsqueeze(-1)).float().cpu()
+    D = math.prod(x.shape[1:])
+    with pyro.validation_enabled(False):
+        log_px, ess, khat, all_lw = _estimate(draw, x, num_samples, chunk_size, batch_size, psis=psis,
+                                              keep_log_weights=keep_log_weights, progress=progress)
     nats = -float(log_px.mean())
     return LogLikelihoodResult(
         log_px=log_px,

@@ -272,8 +272,12 @@ class MIRegularizedELBO(ELBO):
     :param q: ``"guide"`` (the guide's distributions of the named sites) or a
         :class:`~pyro_spvae.nn.code_posterior.CodePosteriorNet` (see :func:`code_posterior_for`),
         whose parameters enter Pyro's parameter store when it runs, so :class:`~pyro.infer.SVI`
-        trains them with the model and guide.
-    :param weight: ``w >= 0``.
+        trains them with the model and guide. With ``"guide"`` a categorical code that the decoder
+        ignores can stall: the ELBO's KL keeps ``q(c|x)`` flat and a flat ``Q`` gives the decoder no
+        gradient; an own :class:`~pyro_spvae.nn.code_posterior.CodePosteriorNet` avoids this.
+    :param weight: ``w >= 0``, one weight for all ``sites``. A continuous dim read through the decoder
+        mean (``x="mean"``) has an unbounded bound that can swamp a code's (at most ``ln K``
+        nats) under the same weight: regularise codes and dims in separate wrappers, or the code alone.
     :param x: ``"mean"`` or ``"sample"`` (:data:`X_MODES`), what ``Q`` reads.
     :param x_site: the observation site (default: the model's only observed site).
     """
@@ -305,6 +309,7 @@ class MIRegularizedELBO(ELBO):
         if x_site is not None and not isinstance(x_site, str):
             raise TypeError(f"x_site must be a site name (str) or None, got {x_site!r}")
         self.x_site = x_site
+        self.last_bounds: dict[str, float] = {}
 
     def _get_trace(self, model, guide, args: tuple, kwargs: dict):
         """The wrapped ELBO's trace pair (:meth:`pyro.infer.ELBO._get_trace`)."""
@@ -336,8 +341,11 @@ class MIRegularizedELBO(ELBO):
         return loss
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        """:returns: the regularised loss as a differentiable tensor (needs the wrapped ELBO's
-        ``differentiable_loss``)."""
+        """The regularised loss, differentiable.
+
+        :returns: the regularised loss as a differentiable tensor (needs the wrapped ELBO's
+            ``differentiable_loss``).
+        """
         loss = self.elbo.differentiable_loss(model, guide, *args, **kwargs)
         if self.weight:
             loss = loss - self.weight * self._mi_sum(model, guide, args, kwargs)
@@ -346,10 +354,14 @@ class MIRegularizedELBO(ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """The wrapped ELBO's ``loss_and_grads``, then the gradient of ``-w * bound`` accumulated into
-        the same ``.grad`` (``retain_graph=self.retain_graph``); returns the regularised loss."""
+        the same ``.grad`` (``retain_graph=self.retain_graph``); returns the regularised loss. The
+        batch's bound of each code (nats, mean over the generated pairs) is kept in
+        :attr:`last_bounds` (for logging)."""
         loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         if self.weight:
-            mi = self._mi_sum(model, guide, args, kwargs)
+            bounds = self._bounds(model, guide, args, kwargs)
+            self.last_bounds = {k: float(v.detach().mean()) for k, v in bounds.items()}
+            mi = sum(b.sum() for b in bounds.values())
             if mi.requires_grad:
                 (-self.weight * mi).backward(retain_graph=self.retain_graph)
             loss = loss - self.weight * float(mi.detach())

@@ -99,6 +99,7 @@ __all__ = [
     "SPNLeafELBO",
     "SPNLeafIWELBO",
     "SPNRootIWELBO",
+    "leaf_pass_shape",
     "spn_leaf_log_weights",
     "spn_log_likelihood",
     "SPNLeafModel",
@@ -358,6 +359,26 @@ class SPNRootIWELBO(_SPNBound):
 LEAF_PASS_BUDGET_FRACTION = 0.25
 
 
+def leaf_pass_shape(x: torch.Tensor, num_samples: int, chunk_size: int | None = None) -> tuple[int, int]:
+    """``(samples, examples)`` per pass of :func:`spn_log_likelihood` for data ``x`` ``(N, ...)``.
+
+    The budget is :data:`LEAF_PASS_BUDGET_FRACTION` of
+    :func:`~pyro_spvae.infer.log_likelihood.pass_budget` of ``x``'s device, in rows of ``D`` values
+    of ``x.dtype``. ``chunk_size=None``: both from
+    :func:`~pyro_spvae.infer.log_likelihood.pass_shape`; otherwise ``min(chunk_size, num_samples)``
+    samples for as many examples as the budget holds (at least one; batches evened out), so that a
+    fixed chunk never builds a pass over all examples at once.
+    """
+    n = x.shape[0]
+    row = math.prod(x.shape[1:]) * x.element_size()
+    budget = int(pass_budget(x.device) * LEAF_PASS_BUDGET_FRACTION)
+    if chunk_size is None:
+        return pass_shape(n, num_samples, row, max_examples=n, budget=budget)
+    chunk = min(chunk_size, num_samples)
+    per_pass = max(1, min(n, budget // max(1, row) // chunk))
+    return chunk, math.ceil(n / math.ceil(n / per_pass))
+
+
 def _stream_leaf_bound(model: Any, guide: Any, x: torch.Tensor, num_samples: int, chunk_size: int,
                        method: str) -> torch.Tensor:
     """Running log-sum-exps over ``num_samples`` samples, ``chunk_size`` at a time, for ``x``
@@ -398,8 +419,11 @@ def spn_log_likelihood(
     (:func:`~pyro_spvae.infer.log_likelihood.pass_shape`: ``D`` values of ``x.dtype`` per row, any
     number of examples per pass) with :data:`LEAF_PASS_BUDGET_FRACTION` of the budget
     :func:`~pyro_spvae.infer.log_likelihood.pass_budget` of ``x``'s device: 3 MiB on CPU, 1000 samples
-    for one 28x28 float32 image per pass. An explicit ``chunk_size`` draws that many samples for all the
-    examples of ``x`` at once. Either way the SPN runs once, on the leaf estimates of all examples.
+    for one 28x28 float32 image per pass. An explicit ``chunk_size`` fixes the samples per pass and the
+    budget still bounds the examples per pass (:func:`leaf_pass_shape`: 10 images at ``chunk_size=100``):
+    a pass over 100 images at once builds ``(L, chunk, 100, patch)`` tensors that leave the cache and
+    costs about twice as much per image. Either way the SPN runs once, on the leaf estimates of all
+    examples.
 
     :param model: an SPN-of-VAEs model following the protocol of this module.
     :param guide: a leaf-wise guide following the protocol.
@@ -415,13 +439,9 @@ def spn_log_likelihood(
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"x must be a tensor of shape (B, ...) with B >= 1, got {tuple(x.shape)}")
     _check_protocol(model, guide)
-    n = x.shape[0]
-    if chunk_size is None:
-        budget = int(pass_budget(x.device) * LEAF_PASS_BUDGET_FRACTION)
-        chunk_size, per_pass = pass_shape(n, num_samples, math.prod(x.shape[1:]) * x.element_size(),
-                                          max_examples=n, budget=budget)
-    else:
-        chunk_size, per_pass = check_positive_int("chunk_size", chunk_size), n
+    if chunk_size is not None:
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+    chunk_size, per_pass = leaf_pass_shape(x, num_samples, chunk_size)
     acc = torch.cat([_stream_leaf_bound(model, guide, xb, num_samples, chunk_size, method)
                      for xb in x.split(per_pass)])
     return model.spn_log_value(acc) if method == "leaf" else acc  # the SPN once for all examples

@@ -4,7 +4,10 @@ training under ``torchrun``; run configurations (:class:`TrainConfig`, presets),
 that turn one into a trainer (:meth:`Trainer.from_config`), run directories that are validated
 completely before anything is written (:func:`plan_training`, :class:`TrainingSession`,
 :func:`resume_config`), integrity-checked checkpoints with a fallback to the previous one,
-atomic outputs (:func:`atomic_write`), memory estimates, and restoring a run directory."""
+atomic outputs (:func:`atomic_write`), memory estimates, and restoring a run directory; training
+hooks (:mod:`pyro_spvae.training.hooks`: GECO's Lagrange multiplier, the capacity and temperature
+schedules, the MI regulariser's ``Q`` network) that carry the estimator's state across steps,
+checkpoints and resumes."""
 
 from pyro_spvae.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -41,10 +44,20 @@ from pyro_spvae.training.factory import (
     build_model,
     load_data,
     make_elbo,
+    make_objective,
     make_optimizer,
     model_max_plate_nesting,
 )
 from pyro_spvae.training.files import atomic_write, atomic_write_text, check_output_dir, check_output_file
+from pyro_spvae.training.hooks import (
+    CapacityHook,
+    GECOHook,
+    MIHook,
+    TemperatureHook,
+    TrainingHook,
+    hooks_for,
+    validation_elbo,
+)
 from pyro_spvae.training.memory import MemoryBudgetError, memory_budget
 from pyro_spvae.training.metrics import MetricsError, MetricsWriter, read_metrics
 from pyro_spvae.training.params import ParamStoreSlot, release_foreign_params
@@ -62,7 +75,15 @@ from pyro_spvae.training.rundir import (
 )
 from pyro_spvae.training.seeding import derive_seed, seed_everything
 from pyro_spvae.training.session import TrainingSession, TrainPlan, plan_training
-from pyro_spvae.training.settings import EarlyStopping, Schedule, StepOptions
+from pyro_spvae.training.settings import (
+    CapacitySettings,
+    EarlyStopping,
+    GECOSettings,
+    MISettings,
+    Schedule,
+    StepOptions,
+    TemperatureSettings,
+)
 from pyro_spvae.training.step import NonFiniteError
 from pyro_spvae.training.trainer import (
     BEST_NAME,
@@ -79,13 +100,19 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
+    "CapacityHook",
+    "CapacitySettings",
     "CheckpointError",
     "DEFAULT_PRESET",
     "DistributedContext",
     "ELBO_NAMES",
     "EarlyStopping",
+    "GECOHook",
+    "GECOSettings",
     "LoadedCheckpoint",
     "METRICS_NAME",
+    "MIHook",
+    "MISettings",
     "MemoryBudgetError",
     "MetricsError",
     "MetricsWriter",
@@ -101,10 +128,13 @@ __all__ = [
     "RunError",
     "Schedule",
     "StepOptions",
+    "TemperatureHook",
+    "TemperatureSettings",
     "TrainConfig",
     "TrainPlan",
     "TrainResult",
     "Trainer",
+    "TrainingHook",
     "TrainingSession",
     "UnsafeCheckpointError",
     "all_reduce_sum_",
@@ -120,6 +150,7 @@ __all__ = [
     "checkpoint_path",
     "derive_seed",
     "gather_concat",
+    "hooks_for",
     "init_distributed",
     "launch_command",
     "load_checkpoint",
@@ -127,6 +158,7 @@ __all__ = [
     "load_data",
     "load_run_config",
     "make_elbo",
+    "make_objective",
     "make_optimizer",
     "memory_budget",
     "model_max_plate_nesting",
@@ -146,4 +178,5 @@ __all__ = [
     "seed_everything",
     "shards_for_rank",
     "shutdown_distributed",
+    "validation_elbo",
 ]

@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 from pyro_spvae.training.factory import check_elbo_options, check_optimizer_options
 from pyro_spvae.training.files import atomic_write_text
-from pyro_spvae.training.settings import EarlyStopping, Schedule, StepOptions
+from pyro_spvae.training.settings import (
+    CapacitySettings,
+    EarlyStopping,
+    GECOSettings,
+    MISettings,
+    Schedule,
+    StepOptions,
+    TemperatureSettings,
+)
 from pyro_spvae.validation import check_choice
 
 __all__ = ["TrainConfig"]
@@ -57,6 +65,17 @@ class TrainConfig:
     :ivar seed: master seed.
     :ivar shards: micro-batches per step (``None``: number of processes).
     :ivar on_nonfinite: ``"raise"`` or ``"skip"``.
+    :ivar constraint: ``"mse"`` or ``"nll"``: train under a Lagrange multiplier on this constraint of
+        the site ``constraint_site`` with tolerance ``kappa`` (``None``: no multiplier); ``geco_rule``,
+        ``geco_nu``, ``geco_alpha``, ``geco_tau``, ``geco_warmup``, ``geco_update_every``,
+        ``lambda_init``, ``lambda_min``, ``lambda_max`` and ``geco_coupling`` are the options of
+        :class:`~pyro_spvae.infer.GECO` (:class:`~pyro_spvae.training.settings.GECOSettings`).
+    :ivar mi_sites: codes of the mutual-information regulariser, e.g. ``["c", "z[0]"]`` (empty:
+        none), with weight ``mi_weight`` and ``Q`` ``mi_q`` (``"guide"`` or ``"net"``).
+    :ivar capacity_sites: sites of the capacity objective (``elbo="capacity"``), whose capacities
+        rise from 0 to ``capacity_max`` nats over ``capacity_steps`` steps, weighted by ``capacity_gamma``.
+    :ivar temperature_start: anneal a relaxed code's temperature from this value down to
+        ``temperature_end`` at ``temperature_rate`` per step (``None``: the model's fixed temperature).
     :raises TypeError: for a field of the wrong type; :raises ValueError: for an invalid value.
     """
 
@@ -85,6 +104,29 @@ class TrainConfig:
     seed: int = 0
     shards: int | None = None
     on_nonfinite: str = "raise"
+    constraint: str | None = None
+    constraint_site: str = "x"
+    kappa: float = 0.1
+    geco_rule: str = "geco"
+    geco_nu: float = 1.0
+    geco_alpha: float = 0.99
+    geco_tau: float = 100.0
+    geco_warmup: int = 0
+    geco_update_every: int = 1
+    lambda_init: float = 1.0
+    lambda_min: float = 1e-6
+    lambda_max: float = 1e6
+    geco_coupling: str = "auto"
+    mi_sites: list[str] = field(default_factory=list)
+    mi_weight: float = 1.0
+    mi_q: str = "guide"
+    capacity_sites: list[str] = field(default_factory=lambda: ["z", "c"])
+    capacity_max: float = 5.0
+    capacity_steps: int = 25000
+    capacity_gamma: float = 30.0
+    temperature_start: float | None = None
+    temperature_end: float = 0.3
+    temperature_rate: float = 1e-4
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +155,16 @@ class TrainConfig:
         self.schedule()
         self.early_stopping()
         self.step_options()
+        for name in ("mi_sites", "capacity_sites"):
+            if not isinstance(getattr(self, name), list):
+                kind = type(getattr(self, name)).__name__
+                raise TypeError(f"{name} must be a list of site names, got {kind}")
+        # the fields of the multiplier, the regulariser and the annealing are checked even when off
+        self._geco("mse" if self.constraint is None else self.constraint)
+        MISettings(tuple(self.mi_sites) or ("c",), self.mi_weight, self.mi_q)
+        self.capacity()
+        start = 1.0 if self.temperature_start is None else self.temperature_start
+        TemperatureSettings(start, self.temperature_end, self.temperature_rate)
 
     def _settings(self, cls: type[_S]) -> _S:
         """``cls`` built from this configuration's fields of the same names."""
@@ -130,6 +182,32 @@ class TrainConfig:
     def step_options(self) -> StepOptions:
         """The trainer's :class:`~pyro_spvae.training.StepOptions` (seed, shards, NaN/Inf policy)."""
         return self._settings(StepOptions)
+
+    def geco(self) -> GECOSettings | None:
+        """The Lagrange multiplier's :class:`~pyro_spvae.training.settings.GECOSettings` (``None``
+        without ``constraint``)."""
+        return None if self.constraint is None else self._geco(self.constraint)
+
+    def _geco(self, constraint: str) -> GECOSettings:
+        return GECOSettings(constraint, self.constraint_site, self.kappa, self.geco_rule, self.geco_nu,
+                            self.geco_alpha, self.geco_tau, self.geco_warmup, self.geco_update_every,
+                            self.lambda_init, self.lambda_min, self.lambda_max, self.geco_coupling)
+
+    def mi(self) -> MISettings | None:
+        """The MI regulariser's :class:`~pyro_spvae.training.settings.MISettings` (``None`` without
+        ``mi_sites``)."""
+        return MISettings(tuple(self.mi_sites), self.mi_weight, self.mi_q) if self.mi_sites else None
+
+    def capacity(self) -> CapacitySettings:
+        """The capacities of ``elbo="capacity"`` (:class:`~pyro_spvae.training.settings.CapacitySettings`)."""
+        return CapacitySettings(tuple(self.capacity_sites), self.capacity_max, self.capacity_steps,
+                                self.capacity_gamma)
+
+    def temperature(self) -> TemperatureSettings | None:
+        """The temperature annealing (``None`` without ``temperature_start``)."""
+        if self.temperature_start is None:
+            return None
+        return TemperatureSettings(self.temperature_start, self.temperature_end, self.temperature_rate)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type dict (JSON and ``weights_only`` safe)."""

@@ -132,8 +132,11 @@ def broadcast_parameters(tensors: Iterable[torch.Tensor], ctx: DistributedContex
 
 
 def check_num_shards(num_shards: int, batch_size: int, ctx: DistributedContext) -> None:
-    """:raises ValueError: when ``num_shards`` is smaller than the number of processes (a process
-    would compute nothing) or larger than the batch (a shard would be empty)."""
+    """Check the shard count against the processes and the batch.
+
+    :raises ValueError: when ``num_shards`` is smaller than the number of processes (a process
+        would compute nothing) or larger than the batch (a shard would be empty).
+    """
     if num_shards < ctx.world_size:
         raise ValueError(
             f"number of shards ({num_shards}) must be at least the number of processes ({ctx.world_size})"

@@ -15,8 +15,10 @@ from typing import Any
 
 import pyro.optim
 import torch
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
+from pyro_spvae.training.hooks import TemperatureHook, TrainingHook, hooks_for
+from pyro_spvae.training.settings import CapacitySettings, GECOSettings, MISettings
 from pyro_spvae.validation import check_choice, check_positive_float, check_positive_int, check_real
 
 __all__ = [
@@ -27,13 +29,15 @@ __all__ = [
     "check_optimizer_options",
     "load_data",
     "make_elbo",
+    "make_objective",
     "make_optimizer",
     "model_max_plate_nesting",
 ]
 
 #: Estimator names accepted by :func:`make_elbo`.
 ELBO_NAMES: tuple[str, ...] = (
-    "trace", "meanfield", "renyi", "iwae", "dreg", "spn-leaf", "spn-leaf-iw", "spn-root-iw"
+    "trace", "meanfield", "renyi", "iwae", "dreg", "spn-leaf", "spn-leaf-iw", "spn-root-iw", "enum",
+    "mixture", "capacity",
 )
 
 
@@ -65,40 +69,107 @@ def make_elbo(
     alpha: float = 0.0,
     vectorize_particles: bool = True,
     max_plate_nesting: int | None = None,
+    capacity: CapacitySettings | None = None,
+    geco: GECOSettings | None = None,
+    mi: MISettings | None = None,
+    mi_q: Any = None,
 ) -> ELBO:
-    """An ELBO estimator by name.
+    """An ELBO estimator by name, optionally under a Lagrange multiplier and an MI regulariser.
 
     :param name: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``, analytic
         KL where available), ``"renyi"`` (``RenyiELBO(alpha)``), ``"iwae"`` / ``"dreg"``
         (:class:`pyro_spvae.infer.TraceIWAE_ELBO` with the plain IWAE or the doubly-reparameterised
         gradient); ``"spn-leaf"`` / ``"spn-leaf-iw"`` / ``"spn-root-iw"``: the SPN-aware bounds of
         :mod:`pyro_spvae.infer.spn_bounds` (leaf ELBOs, leaf-averaged and root-averaged importance
-        weights; Tan & Peharz 2019, see ``docs/spvae.md``) for SPN-of-VAEs models such as SPVAE.
+        weights; Tan & Peharz 2019, see ``docs/spvae.md``) for SPN-of-VAEs models such as SPVAE;
+        ``"enum"`` (``TraceEnum_ELBO``: guide sites marked for enumeration, such as the component of
+        DLGMM guide (b) or MIVAE's code, are summed exactly); ``"mixture"``
+        (:class:`~pyro_spvae.infer.MixtureELBO`, the per-component estimator of mixture posteriors,
+        DLGMM guide (c); Nalisnick, Hertel & Smyth 2016, ``docs/mixtures.md``); ``"capacity"``
+        (:class:`~pyro_spvae.infer.CapacityELBO`, JointVAE's objective; Dupont 2018).
     :param num_particles: samples per data point (``K``).
     :param alpha: Renyi divergence order for ``"renyi"`` (``alpha != 1``; ``0`` is IWAE).
     :param vectorize_particles: draw particles in one vectorised pass.
     :param max_plate_nesting: passed to the estimator (``None``: Pyro guesses by tracing).
+    :param capacity: the capacities of ``"capacity"`` (default :class:`CapacitySettings`).
+    :param geco: wrap the estimator in :class:`~pyro_spvae.infer.GECO` (``docs/hierarchical_priors.md``).
+    :param mi: wrap the result in :class:`~pyro_spvae.infer.MIRegularizedELBO`, outermost (its
+        generative pass must not see GECO's scaled sites; ``docs/mutual_information.md``).
+    :param mi_q: the ``Q`` network when ``mi.q == "net"`` (see
+        :func:`~pyro_spvae.infer.code_posterior_for`).
     :raises ValueError: for an unknown name or invalid hyper-parameters (see
-        :func:`check_elbo_options`).
+        :func:`check_elbo_options`), or ``mi.q == "net"`` without ``mi_q``.
     """
-    name, num_particles, alpha = check_elbo_options(name, num_particles, alpha)
+    elbo = _base_elbo(*check_elbo_options(name, num_particles, alpha), capacity=capacity,
+                      vectorize_particles=vectorize_particles, max_plate_nesting=max_plate_nesting)
+    if geco is not None:
+        elbo = geco.wrap(elbo)
+    if mi is not None:
+        if mi.q == "net" and mi_q is None:
+            raise ValueError("the MI regulariser with q='net' needs its Q network (mi_q)")
+        elbo = mi.wrap(elbo, mi_q)
+    return elbo
+
+
+def _base_elbo(name: str, num_particles: int, alpha: float, *, vectorize_particles: bool,
+               max_plate_nesting: int | None, capacity: CapacitySettings | None) -> ELBO:
+    """The estimator ``name`` of :func:`make_elbo`, unwrapped."""
     if name.startswith("spn-"):
         from pyro_spvae.infer import SPNLeafELBO, SPNLeafIWELBO, SPNRootIWELBO
 
         spn_bound = {"spn-leaf": SPNLeafELBO, "spn-leaf-iw": SPNLeafIWELBO, "spn-root-iw": SPNRootIWELBO}
         return spn_bound[name](num_particles)
+    if name == "mixture":  # guesses max_plate_nesting itself (the components sit left of every plate)
+        from pyro_spvae.infer import MixtureELBO
+
+        return MixtureELBO(num_particles, vectorize_particles=vectorize_particles)
+    if name == "capacity":
+        mpn = float("inf") if max_plate_nesting is None else max_plate_nesting
+        return (capacity or CapacitySettings()).make(num_particles, mpn, vectorize_particles)
     kw: dict[str, Any] = {"num_particles": num_particles, "vectorize_particles": vectorize_particles}
     if max_plate_nesting is not None:
         kw["max_plate_nesting"] = max_plate_nesting
-    if name == "trace":
-        return Trace_ELBO(**kw)
-    if name == "meanfield":
-        return TraceMeanField_ELBO(**kw)
+    simple = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "enum": TraceEnum_ELBO}
+    if name in simple:
+        return simple[name](**kw)
     if name == "renyi":
         return RenyiELBO(alpha=alpha, **kw)
     from pyro_spvae.infer import TraceIWAE_ELBO
 
     return TraceIWAE_ELBO(estimator=name, **kw)
+
+
+def make_objective(config: Any, model: torch.nn.Module, train_data: Any) -> tuple[ELBO, list[TrainingHook]]:
+    """The estimator of a :class:`~pyro_spvae.training.TrainConfig` for ``model`` and the training
+    hooks it needs (:func:`~pyro_spvae.training.hooks.hooks_for`, and the temperature annealing of
+    ``temperature_start``).
+
+    With ``mi_q="net"`` the ``Q`` network (:func:`~pyro_spvae.infer.code_posterior_for`, Pyro name
+    ``"mi_q"``) is built from two examples of ``train_data``.
+
+    :raises RunError: when the model has no temperature to anneal, or the codes are not its sites.
+    """
+    mi, q = config.mi(), None
+    if mi is not None and mi.q == "net":
+        from pyro_spvae.infer import code_posterior_for
+
+        like = train_data.batch(torch.arange(min(2, len(train_data))), torch.Generator().manual_seed(0))
+        device = next(model.parameters()).device
+        try:
+            q = code_posterior_for(model, like.to(device), list(mi.sites), name="mi_q").to(device)
+        except (TypeError, ValueError) as e:
+            raise RunError(f"cannot build the MI regulariser's Q network: {e}") from None
+    elbo = make_elbo(config.elbo, config.num_particles, alpha=config.alpha,
+                     max_plate_nesting=model_max_plate_nesting(model), capacity=config.capacity(),
+                     geco=config.geco(), mi=mi, mi_q=q)
+    hooks = hooks_for(elbo)
+    annealing = config.temperature()
+    if annealing is not None:
+        try:
+            hooks.append(TemperatureHook(model, annealing.schedule()))
+        except TypeError as e:
+            raise RunError(f"temperature_start is set but model {config.model!r}: {e}") from None
+    return elbo, hooks
 
 
 def check_optimizer_options(
@@ -191,12 +262,15 @@ def load_data(config: Any, split: str) -> Any:
         raise RunError(str(e)) from None
 
 
-def build_model(config: Any, dataset: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_model(config: Any, dataset: Any, *,
+                sampled: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The (model, guide) pair of family ``config.model`` (a key of :data:`pyro_spvae.zoo.MODELS`)
     for the images of ``dataset``, with hyper-parameters ``config.model_kwargs``.
 
     A builder that takes a ``likelihood`` gets ``dataset.likelihood`` (the transform's natural one)
-    unless the configuration names one; JSON lists become tuples.
+    unless the configuration names one; JSON lists become tuples. With ``sampled`` a builder that
+    takes ``enumerate`` gets ``enumerate=None``: the guide samples its discrete sites instead of
+    marking them for ``TraceEnum_ELBO`` (the same parameters; what importance sampling needs).
 
     :raises RunError: for options the family's builder does not take, or when it rejects them.
     """
@@ -212,6 +286,8 @@ def build_model(config: Any, dataset: Any) -> tuple[torch.nn.Module, torch.nn.Mo
         kwargs["likelihood"] = dataset.likelihood
     if kwargs.get("likelihood") is None:
         kwargs.pop("likelihood", None)
+    if sampled and "enumerate" in accepted:
+        kwargs["enumerate"] = None
     has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     unknown = [k for k in kwargs if k not in accepted] if accepted and not has_var_kw else []
     if unknown:

@@ -4,7 +4,9 @@ Keys written by :class:`~pyro_spvae.training.Trainer`: ``step``, ``epoch``, ``tr
 (loss per example, averaged since the previous line), ``valid_loss`` (validation loss per
 example, ``null`` when not evaluated at this step), ``examples_per_s``, ``wall_time`` (seconds
 of training steps, continued across resumes), ``cpu_time`` (CPU seconds of this process in
-training steps, all threads), ``lr`` and ``skipped_steps``.
+training steps, all threads), ``lr``, ``skipped_steps`` and the metrics of the training hooks as
+``{hook}/{metric}`` (e.g. ``geco/lambda``, ``geco/constraint``; :mod:`pyro_spvae.training.hooks`).
+:class:`TrainResult` is the summary of a whole run.
 
 The running average behind ``train_loss`` (:class:`LossWindow`) travels in checkpoints, so a
 resumed run writes the same values as an uninterrupted one. :func:`read_metrics` tolerates only
@@ -23,7 +25,7 @@ from typing import Any
 
 from pyro_spvae.training.files import atomic_write_text
 
-__all__ = ["LossWindow", "MetricsError", "MetricsWriter", "read_metrics"]
+__all__ = ["LossWindow", "MetricsError", "MetricsWriter", "TrainResult", "read_metrics"]
 
 
 class MetricsError(ValueError):
@@ -170,3 +172,25 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         except MetricsError:
             pass
     return records
+
+
+@dataclass
+class TrainResult:
+    """Summary of :meth:`Trainer.fit`.
+
+    :ivar step: number of optimisation steps completed (including skipped ones).
+    :ivar epoch: number of completed passes over the training data.
+    :ivar train_loss: mean training loss per example over the last logging window.
+    :ivar best_valid_loss: best validation loss per example (``inf`` without validation).
+    :ivar best_step: step at which it was reached (-1 without validation).
+    :ivar stopped_early: whether early stopping ended the run.
+    :ivar skipped_steps: steps whose update was skipped for non-finite values.
+    """
+
+    step: int
+    epoch: int
+    train_loss: float
+    best_valid_loss: float
+    best_step: int
+    stopped_early: bool
+    skipped_steps: int

@@ -152,6 +152,9 @@ def restore_run(run_dir: str | Path, which: str = "best", split: str = "test") -
     """Rebuild a run's (model, guide) from its ``config.json``, load a checkpoint into them (its
     previous version when it is corrupt: see :attr:`RestoredRun.problems`) and load the ``split``
     of its dataset. Param-store entries that would shadow the restored parameters are cleared.
+    The pair is built for inference: in ``eval()`` mode (e.g. the hard one-hot codes of a relaxed
+    :class:`~pyro_spvae.models.MIVAE`) and with discrete guide sites sampled rather than marked for
+    enumeration (``build_model(..., sampled=True)``), as importance sampling needs.
 
     :param run_dir: a directory written by ``pyro-spvae train`` or a :class:`Trainer` built with
         :meth:`~pyro_spvae.training.Trainer.from_config` (with ``config.json`` saved beside it).
@@ -164,7 +167,7 @@ def restore_run(run_dir: str | Path, which: str = "best", split: str = "test") -
     config = load_run_config(run_dir)
     path = checkpoint_path(run_dir, which)
     data = load_data(config, split)
-    model, guide = build_model(config, data)
+    model, guide = build_model(config, data, sampled=True)
     try:
         loaded = load_checkpoint_or_previous(path)
         require_entries(loaded.state, _RESTORE_ENTRIES, f"checkpoint {loaded.path}")
@@ -174,4 +177,6 @@ def restore_run(run_dir: str | Path, which: str = "best", split: str = "test") -
         message = " ".join(str(e).split())  # load_state_dict lists the mismatches on several lines
         raise RunError(f"cannot restore {path}: {message}") from None
     release_foreign_params(model, guide)
+    model.eval()
+    guide.eval()
     return RestoredRun(run_dir, config, data, model, guide, loaded.path, loaded.state, loaded.problems)

@@ -1,6 +1,8 @@
 """The trainer's settings, grouped by concern: how long and how often (:class:`Schedule`), when to
 stop or decay the learning rate (:class:`EarlyStopping`) and how each step is computed
-(:class:`StepOptions`).
+(:class:`StepOptions`), and the per-step state of the estimator: a Lagrange multiplier
+(:class:`GECOSettings`), a mutual-information regulariser (:class:`MISettings`), JointVAE's
+capacities (:class:`CapacitySettings`) and a relaxed code's temperature (:class:`TemperatureSettings`).
 
 Each group checks its own fields when it is built (through :mod:`pyro_spvae.validation`), so a
 :class:`~pyro_spvae.training.Trainer` holds only valid settings and never re-checks them;
@@ -14,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pyro.infer import Trace_ELBO
+
+from pyro_spvae.infer import GECO, CapacityELBO, ExponentialSchedule, LinearSchedule, MIRegularizedELBO
 from pyro_spvae.validation import (
     check_choice,
     check_nonnegative_int,
@@ -21,7 +26,17 @@ from pyro_spvae.validation import (
     check_unit_interval,
 )
 
-__all__ = ["NONFINITE_POLICIES", "EarlyStopping", "Schedule", "StepOptions"]
+__all__ = [
+    "MI_QS",
+    "NONFINITE_POLICIES",
+    "CapacitySettings",
+    "EarlyStopping",
+    "GECOSettings",
+    "MISettings",
+    "Schedule",
+    "StepOptions",
+    "TemperatureSettings",
+]
 
 #: What :class:`StepOptions` accepts for ``on_nonfinite``.
 NONFINITE_POLICIES: tuple[str, ...] = ("raise", "skip")
@@ -137,3 +152,137 @@ class StepOptions:
             raise TypeError(f"data_plate must be a plate name (str), got {type(self.data_plate).__name__}")
         check_choice("on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
         check_positive_int("max_consecutive_skips", self.max_consecutive_skips)
+
+
+def _checked_by(make: Callable[[], Any], what: str) -> None:
+    """Run ``make()`` (the constructor that owns the checks of these values), naming ``what`` in
+    its error."""
+    try:
+        make()
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{what}: {e}") from None
+
+
+@dataclass(frozen=True)
+class GECOSettings:
+    """A Lagrange multiplier on a data-fit constraint (:class:`~pyro_spvae.infer.GECO`, whose
+    constructor names and checks the values; Rezende & Viola 2018, Klushyn et al. 2019,
+    ``docs/hierarchical_priors.md``).
+
+    :ivar constraint: ``"mse"`` or ``"nll"`` of the site ``site``.
+    :ivar kappa: tolerance (threshold ``kappa^2``, per dimension of the site).
+    :ivar rule: ``"geco"`` or ``"vhp"``; ``nu``, ``alpha``, ``tau``, ``warmup``, ``update_every``,
+        ``lambda_init``, ``lambda_min``, ``lambda_max`` and ``coupling`` are GECO's.
+    :raises TypeError: / :raises ValueError: for a value GECO refuses (the message says which).
+    """
+
+    constraint: str = "mse"
+    site: str = "x"
+    kappa: float = 0.1
+    rule: str = "geco"
+    nu: float = 1.0
+    alpha: float = 0.99
+    tau: float = 100.0
+    warmup: int = 0
+    update_every: int = 1
+    lambda_init: float = 1.0
+    lambda_min: float = 1e-6
+    lambda_max: float = 1e6
+    coupling: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.site, str):
+            raise TypeError(f"the constraint site must be a site name (str), got {self.site!r}")
+        if not self.site:
+            raise ValueError("the constraint site must be a non-empty site name, e.g. 'x'")
+        if not isinstance(self.constraint, str):
+            raise TypeError(f"constraint must be 'mse' or 'nll', got {self.constraint!r}")
+        _checked_by(lambda: self.wrap(Trace_ELBO()), "GECO")
+
+    def wrap(self, elbo: Any) -> GECO:
+        """:class:`~pyro_spvae.infer.GECO` around ``elbo`` (``auto_update=False``: the trainer
+        updates the multiplier once per step, see :class:`~pyro_spvae.training.hooks.GECOHook`)."""
+        return GECO(elbo, {self.site: self.constraint}, self.kappa, rule=self.rule, nu=self.nu,
+                    alpha=self.alpha, tau=self.tau, warmup=self.warmup, update_every=self.update_every,
+                    lambda_init=self.lambda_init, lambda_min=self.lambda_min, lambda_max=self.lambda_max,
+                    coupling=self.coupling, auto_update=False)
+
+
+#: What :class:`MISettings` accepts for ``q``: the guide, or a network of its own.
+MI_QS: tuple[str, ...] = ("guide", "net")
+
+
+@dataclass(frozen=True)
+class MISettings:
+    """The mutual-information regulariser (:class:`~pyro_spvae.infer.MIRegularizedELBO`; Serdega &
+    Kim 2020, ``docs/mutual_information.md``).
+
+    :ivar sites: codes such as ``("c", "z[0]")``.
+    :ivar weight: ``w >= 0`` per data point.
+    :ivar q: ``"guide"`` (the guide's posterior as ``Q``) or ``"net"`` (a
+        :class:`~pyro_spvae.nn.code_posterior.CodePosteriorNet` trained with the model).
+    :raises TypeError: / :raises ValueError: for codes or a weight the regulariser refuses.
+    """
+
+    sites: tuple[str, ...]
+    weight: float = 1.0
+    q: str = "guide"
+
+    def __post_init__(self) -> None:
+        check_choice("mi_q", self.q, MI_QS)
+        _checked_by(lambda: self.wrap(Trace_ELBO()), "MI regulariser")
+
+    def wrap(self, elbo: Any, q: Any = None) -> Any:
+        """:class:`~pyro_spvae.infer.MIRegularizedELBO` around ``elbo``, with ``q`` as ``Q`` when
+        :attr:`q` is ``"net"``."""
+        return MIRegularizedELBO(elbo, list(self.sites), q="guide" if self.q == "guide" or q is None else q,
+                                 weight=self.weight)
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    """JointVAE's controlled capacities (:class:`~pyro_spvae.infer.CapacityELBO`, Dupont 2018):
+    the capacity of each site in ``sites`` rises linearly from 0 to ``max`` nats over ``steps``
+    applied steps (a categorical site's is capped at ``log n``), weighted by ``gamma``.
+
+    :raises TypeError: / :raises ValueError: for values the schedule or the objective refuse.
+    """
+
+    sites: tuple[str, ...] = ("z", "c")
+    max: float = 5.0
+    steps: int = 25000
+    gamma: float = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sites, str) or not self.sites or not all(isinstance(s, str) for s in self.sites):
+            raise TypeError(f"capacity sites must be a non-empty list of site names, got {self.sites!r}")
+        _checked_by(lambda: self.make(), "capacity")
+
+    def make(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
+             vectorize_particles: bool = False) -> Any:
+        """The :class:`~pyro_spvae.infer.CapacityELBO` (``auto_step=False``: the trainer advances
+        it, see :class:`~pyro_spvae.training.hooks.CapacityHook`)."""
+        schedule = LinearSchedule(0.0, self.max, self.steps)
+        return CapacityELBO(dict.fromkeys(self.sites, schedule), gamma=self.gamma,
+                            num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                            vectorize_particles=vectorize_particles, auto_step=False)
+
+
+@dataclass(frozen=True)
+class TemperatureSettings:
+    """Annealing of a relaxed code's temperature, ``max(end, start exp(-rate t))`` with ``t`` the
+    applied steps (:class:`~pyro_spvae.infer.ExponentialSchedule`; Jang, Gu & Poole 2017).
+
+    :raises TypeError: / :raises ValueError: for values the schedule refuses.
+    """
+
+    start: float = 1.0
+    end: float = 0.3
+    rate: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _checked_by(self.schedule, "temperature")
+
+    def schedule(self) -> Any:
+        """The :class:`~pyro_spvae.infer.ExponentialSchedule`."""
+        return ExponentialSchedule(self.start, self.end, self.rate)

@@ -266,7 +266,19 @@ def validation_loss(
     """Loss per example of the first ``num_examples`` examples of ``data`` under ``elbo``, in
     chunks of ``batch_size`` shared across processes. The noise of a chunk is keyed by
     ``(seed, chunk)``, so the value does not depend on the number of processes or on when it is
-    computed."""
+    computed. The model and guide run in ``eval()`` mode (their modes are restored after)."""
+    modes = [(m, m.training) for m in (model, guide)]
+    try:
+        for m, _ in modes:
+            m.eval()
+        return _validation_loss(elbo, model, guide, data, num_examples, batch_size, seed, ctx)
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+
+
+def _validation_loss(elbo: ELBO, model: torch.nn.Module, guide: torch.nn.Module, data: Any, num_examples: int,
+                     batch_size: int, seed: int, ctx: DistributedContext) -> float:
     chunks = torch.arange(num_examples).split(batch_size)
     total = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     for c in range(ctx.rank, len(chunks), ctx.world_size):

@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from pyro.infer import ELBO
 from pyro.optim import PyroOptim
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_spvae.training.checkpoint import (
     capture_rng_state,
@@ -40,8 +40,9 @@ from pyro_spvae.training.distributed import (
     shard_slices,
 )
 from pyro_spvae.training.early_stopping import PlateauTracker, apply_lr_scale, current_lr
-from pyro_spvae.training.factory import make_elbo, make_optimizer, model_max_plate_nesting
-from pyro_spvae.training.metrics import LossWindow, MetricsWriter
+from pyro_spvae.training.factory import make_objective, make_optimizer
+from pyro_spvae.training.hooks import TrainingHook, hook_metrics, hooks_for, load_hooks_state, validation_elbo
+from pyro_spvae.training.metrics import LossWindow, MetricsWriter, TrainResult
 from pyro_spvae.training.optimizer import make_step_optimizer
 from pyro_spvae.training.params import captured_params, check_distinct_param_names, release_foreign_params
 from pyro_spvae.training.resume import ResumePoint, check_same_run, configured_optimizer_state, rewind_run_dir
@@ -68,28 +69,6 @@ STATE_ENTRIES = ("model", "guide", "optimizer", "rng", "step", "epoch", "positio
                  "best_step", "bad_checks", "stopped_early", "skipped_steps", "wall_time")
 
 
-@dataclass
-class TrainResult:
-    """Summary of :meth:`Trainer.fit`.
-
-    :ivar step: number of optimisation steps completed (including skipped ones).
-    :ivar epoch: number of completed passes over the training data.
-    :ivar train_loss: mean training loss per example over the last logging window.
-    :ivar best_valid_loss: best validation loss per example (``inf`` without validation).
-    :ivar best_step: step at which it was reached (-1 without validation).
-    :ivar stopped_early: whether early stopping ended the run.
-    :ivar skipped_steps: steps whose update was skipped for non-finite values.
-    """
-
-    step: int
-    epoch: int
-    train_loss: float
-    best_valid_loss: float
-    best_step: int
-    stopped_early: bool
-    skipped_steps: int
-
-
 class Trainer:
     """Stochastic variational inference with checkpoints, validation and data parallelism.
 
@@ -104,7 +83,9 @@ class Trainer:
     :param train_data: dataset with ``len()`` and ``batch(idx, generator)``.
     :param schedule: batch size, length of training, validation/logging/checkpoint intervals.
     :param valid_data: optional validation dataset.
-    :param valid_elbo: estimator for validation (default: ``elbo``).
+    :param valid_elbo: estimator for validation (default: ``elbo``, the bound inside a
+        :class:`~pyro_spvae.infer.GECO` or an MI regulariser, ``Trace_ELBO`` for a capacity objective:
+        :func:`~pyro_spvae.training.hooks.validation_elbo`); validation runs in ``eval()`` mode.
     :param early_stopping: patience and learning-rate decay (default: neither).
     :param options: seed, shards and NaN/Inf policy of the steps (default :class:`StepOptions`).
     :param out_dir: run directory for ``checkpoint.pt``, ``best.pt`` and ``metrics.jsonl``
@@ -112,6 +93,10 @@ class Trainer:
     :param progress: show a tqdm bar (default: on rank 0 when stderr is a terminal).
     :param config: plain-type dict stored in checkpoints.
     :param distributed: process-group context (default: single process).
+    :param hooks: per-step state of the estimator or the model (:mod:`pyro_spvae.training.hooks`:
+        GECO's multiplier, capacity and temperature schedules, the MI regulariser's ``Q`` network),
+        checkpointed and logged as ``{hook}/{metric}``; default: what ``elbo`` needs
+        (:func:`~pyro_spvae.training.hooks.hooks_for`).
     :raises TypeError: for components or settings of the wrong kind.
     :raises ValueError: when the batch exceeds the training set, or the number of shards does not
         fit the batch and the processes.
@@ -134,12 +119,17 @@ class Trainer:
         progress: bool | None = None,
         config: dict[str, Any] | None = None,
         distributed: DistributedContext | None = None,
+        hooks: Sequence[TrainingHook] | None = None,
     ) -> None:
         check_components(model=model, guide=guide, elbo=elbo, valid_elbo=valid_elbo, optim=optim,
                           schedule=schedule, train_data=train_data, valid_data=valid_data)
         self.model, self.guide, self.optim = model, guide, optim
         self.optimizer = make_step_optimizer(optim)  # one torch optimiser where possible
-        self.elbo, self.valid_elbo = elbo, valid_elbo if valid_elbo is not None else elbo
+        self.elbo, self.valid_elbo = elbo, valid_elbo if valid_elbo is not None else validation_elbo(elbo)
+        self.hooks = tuple(hooks_for(elbo) if hooks is None else hooks)
+        if not all(isinstance(h, TrainingHook) for h in self.hooks):
+            raise TypeError("hooks must be pyro_spvae.training.hooks.TrainingHook instances")
+        self.hook_modules = {f"{h.name}.{i}": m for h in self.hooks for i, m in enumerate(h.modules())}
         self.train_data, self.valid_data = train_data, valid_data
         self.schedule = schedule
         self.options = options if options is not None else StepOptions()
@@ -178,8 +168,8 @@ class Trainer:
         progress: bool | None = None,
         distributed: DistributedContext | None = None,
     ) -> Trainer:
-        """A trainer for ``config`` (already validated by :class:`TrainConfig`): its estimator
-        (:func:`make_elbo`, with the model's ``max_plate_nesting``), its optimiser
+        """A trainer for ``config`` (already validated by :class:`TrainConfig`): its estimator and
+        hooks (:func:`~pyro_spvae.training.factory.make_objective`), its optimiser
         (:func:`make_optimizer`) and its settings groups; the configuration is stored in the
         checkpoints. The keywords are what a configuration does not hold (see :meth:`__init__`).
 
@@ -187,26 +177,30 @@ class Trainer:
         """
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        elbo = make_elbo(config.elbo, config.num_particles, alpha=config.alpha,
-                         max_plate_nesting=model_max_plate_nesting(model))
+        elbo, hooks = make_objective(config, model, train_data)
         optim = make_optimizer(config.lr, group_lrs=config.group_lrs, clip_norm=config.clip_norm)
         return cls(model, guide, elbo, optim, train_data, config.schedule(), valid_data=valid_data,
                    valid_elbo=valid_elbo, early_stopping=config.early_stopping(),
                    options=config.step_options(), out_dir=out_dir, progress=progress,
-                   config=config.to_dict(), distributed=distributed)
+                   config=config.to_dict(), distributed=distributed, hooks=hooks)
 
     # ------------------------------------------------------------------ parameters
+    def _modules(self) -> list[torch.nn.Module]:
+        """The model, the guide and the hooks' modules (every trained parameter)."""
+        return [self.model, self.guide, *self.hook_modules.values()]
+
     def _init_parameters(self) -> None:
         check_distinct_param_names(self.model, self.guide)
         self._sync_param_store()
-        params = list(self.model.parameters()) + list(self.guide.parameters())
+        params = [p for m in self._modules() for p in m.parameters()]
         broadcast_parameters(
             [p for p in params if not isinstance(p, torch.nn.parameter.UninitializedParameter)], self.ctx
         )
 
     def _sync_param_store(self) -> None:
-        release_foreign_params(self.model, self.guide)
-        self._owned_ids = {id(p) for m in (self.model, self.guide) for p in m.parameters()}
+        modules = self._modules()
+        release_foreign_params(*modules)
+        self._owned_ids = {id(p) for m in modules for p in m.parameters()}
 
     # ------------------------------------------------------------------ step
     def _shard_step(self, n: int, get_batch: GetBatch) -> float:
@@ -215,7 +209,9 @@ class Trainer:
 
         :returns: the loss per example (``nan`` when the step was skipped).
         """
-        step = self.step_count
+        step, hooks = self.step_count, self.hooks
+        for h in hooks:
+            h.before_step(step)
         shards = shard_slices(n, self.num_shards, self.ctx)
         loss_sum, traces = shard_losses_and_grads(
             self.elbo, self.model, self.guide, shards, get_batch, seed=self.options.seed, step=step,
@@ -229,6 +225,8 @@ class Trainer:
         if problem is None:  # the update, undone with "skip" when it makes a parameter non-finite
             problem = guarded_update(self.optimizer, named, undo=self.guard.on_nonfinite == "skip")
         clear_grads(params)
+        for h in hooks:
+            h.after_step(step, problem is None, self.ctx)
         if problem is None:
             self.guard.passed()
         else:
@@ -252,7 +250,8 @@ class Trainer:
     def evaluate(self, data: BatchSource | None = None, max_examples: int | None = None) -> float:
         """Validation loss per example of ``data`` (default: the validation set, at most
         ``schedule.valid_max_examples`` examples) under ``valid_elbo``, sharded across processes
-        (see :func:`~pyro_spvae.training.step.validation_loss`)."""
+        (see :func:`~pyro_spvae.training.step.validation_loss`), with the model and guide in
+        ``eval()`` mode (e.g. a relaxed code's hard one-hot draws, :class:`~pyro_spvae.models.MIVAE`)."""
         data = data if data is not None else self.valid_data
         if data is None:
             raise ValueError("no validation data to evaluate")
@@ -284,6 +283,9 @@ class Trainer:
             "batch_size": self.schedule.batch_size,
             "num_shards": self.num_shards,
             "config": self.config,
+            **({"hooks": {h.name: h.state_dict() for h in self.hooks},
+                "hook_modules": {k: m.state_dict() for k, m in self.hook_modules.items()}}
+               if self.hooks else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "the state") -> None:
@@ -315,6 +317,7 @@ class Trainer:
         except RuntimeError as e:
             details = " ".join(str(e).split())
             raise ValueError(f"{source} does not fit the model and guide: {details}") from None
+        load_hooks_state(self.hooks, self.hook_modules, state, source)
         self._sync_param_store()
         self.plateau.load_state_dict(state)
         optim_state = configured_optimizer_state(state["optimizer"], self.optim, self.plateau.lr_scale)
@@ -434,6 +437,7 @@ class Trainer:
                 "cpu_time": self.cpu_time,
                 "lr": self.current_lr(),
                 "skipped_steps": self.guard.skipped_steps,
+                **hook_metrics(self.hooks),
             }
         )
 
