@@ -30,6 +30,7 @@ from torch import Tensor
 from pyro_spvae.models.dlgmm import DLGMM
 from pyro_spvae.training.files import atomic_write
 from pyro_spvae.validation import (
+    check_instance,
     check_integer_dtype,
     check_positive_int,
     check_real,
@@ -48,9 +49,7 @@ __all__ = [
 
 
 def _check_model(model: object) -> DLGMM:
-    if not isinstance(model, DLGMM):
-        raise TypeError(f"model must be a DLGMM, got {type(model).__name__}")
-    return model
+    return check_instance("model", model, DLGMM)
 
 
 @torch.no_grad()

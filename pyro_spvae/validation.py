@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "check_bool",
+    "check_instance",
     "check_choice",
     "check_event_shape",
     "check_float_tensor",
@@ -111,6 +112,17 @@ def check_bool(name: str, value: object) -> bool:
     """
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_instance(name: str, value: object, cls: type, what: str | None = None) -> Any:
+    """Check that ``value`` is an instance of ``cls`` (``what``: how the message names it, default
+    the class name).
+
+    :raises TypeError: otherwise.
+    """
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {what or cls.__name__}, got {type(value).__name__}")
     return value
 
 

@@ -9,16 +9,14 @@ is tested in ``test_cli.py``).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from cli_contract import cli
 
-from pyro_spvae.cli import main
 from pyro_spvae.training import PRESETS, load_checkpoint, read_metrics, restore_run
 from pyro_spvae.training.files import atomic_write
 
@@ -50,21 +48,6 @@ def cheap_figures(monkeypatch):
             atomic_write(Path(out_dir) / name, b"\x89PNG figure placeholder")
 
     monkeypatch.setattr("pyro_spvae.plots.save_run_figures", figures)
-
-
-def cli(argv: list) -> tuple[int, str]:
-    """``main(argv)`` in-process: the exit status and stderr (one ``error:`` line on failure)."""
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse
-            code = e.code
-    text = err.getvalue()
-    errors = [line for line in text.splitlines() if "error:" in line]
-    assert "Traceback" not in text, text
-    assert (code == 0 and not errors) or (code == 2 and len(errors) == 1), (argv, code, text)
-    return code, text
 
 
 def test_every_family_preset_is_tested():

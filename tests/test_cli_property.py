@@ -18,14 +18,13 @@ second per run; their atomic writing is tested in ``test_rundir_errors.py``).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import random
 import tempfile
 from pathlib import Path
 
 import pytest
+from cli_contract import cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rundir import assert_same_params, snapshot
@@ -57,21 +56,6 @@ actions = st.one_of(
     st.tuples(st.just("evaluate")),
     st.tuples(st.just("sample")),
 )
-
-
-def cli(argv: list) -> tuple[int, str]:
-    """``main(argv)`` in-process; checks the contract and returns the exit status and stderr."""
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse
-            code = e.code
-    text = err.getvalue()
-    errors = [line for line in text.splitlines() if "error:" in line]
-    assert "Traceback" not in text, text
-    assert (code == 0 and not errors) or (code == 2 and len(errors) == 1), (argv, code, text)
-    return code, text
 
 
 def damage(path: Path, how: str, seed: int) -> None:

@@ -754,3 +754,14 @@ def test_vae_and_guide_reject_bad_hyperparameters(data, which):
             ValueError if isinstance(min_scale, float) else TypeError,
             "min_scale",
         )
+
+
+def test_check_instance_returns_the_value_and_names_the_expected_type():
+    from pyro_spvae.validation import check_instance
+
+    layer = nn.Linear(2, 2)
+    assert check_instance("layer", layer, nn.Module) is layer
+    with pytest.raises(TypeError, match=r"^layer must be a Module, got str$"):
+        check_instance("layer", "linear", nn.Module)
+    with pytest.raises(TypeError, match=r"^elbo must be a pyro_spvae.infer.GECO, got Trace_ELBO$"):
+        check_instance("elbo", Trace_ELBO(), nn.Module, "pyro_spvae.infer.GECO")

@@ -43,7 +43,7 @@ from pyro.infer import ELBO, Trace_ELBO
 
 from pyro_spvae.infer import GECO, CapacityELBO, CodePosteriorNet, MIRegularizedELBO
 from pyro_spvae.training.distributed import DistributedContext, all_reduce_sum_
-from pyro_spvae.validation import check_nonnegative_int
+from pyro_spvae.validation import check_instance, check_nonnegative_int
 
 __all__ = [
     "CapacityHook",
@@ -105,9 +105,7 @@ class GECOHook(TrainingHook):
     name = "geco"
 
     def __init__(self, geco: GECO) -> None:
-        if not isinstance(geco, GECO):
-            raise TypeError(f"geco must be a pyro_spvae.infer.GECO, got {type(geco).__name__}")
-        self.geco = geco
+        self.geco = check_instance("geco", geco, GECO, "pyro_spvae.infer.GECO")
         geco.auto_update = False
 
     def before_step(self, step: int) -> None:
@@ -141,9 +139,7 @@ class CapacityHook(TrainingHook):
     name = "capacity"
 
     def __init__(self, elbo: CapacityELBO) -> None:
-        if not isinstance(elbo, CapacityELBO):
-            raise TypeError(f"elbo must be a pyro_spvae.infer.CapacityELBO, got {type(elbo).__name__}")
-        self.elbo = elbo
+        self.elbo = check_instance("elbo", elbo, CapacityELBO, "pyro_spvae.infer.CapacityELBO")
         elbo.auto_step = False
 
     def after_step(self, step: int, ok: bool, ctx: DistributedContext) -> None:
@@ -214,9 +210,7 @@ class MIHook(TrainingHook):
     name = "mi"
 
     def __init__(self, elbo: MIRegularizedELBO) -> None:
-        if not isinstance(elbo, MIRegularizedELBO):
-            raise TypeError(f"elbo must be a pyro_spvae.infer.MIRegularizedELBO, got {type(elbo).__name__}")
-        self.elbo = elbo
+        self.elbo = check_instance("elbo", elbo, MIRegularizedELBO, "pyro_spvae.infer.MIRegularizedELBO")
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.elbo.q] if isinstance(self.elbo.q, CodePosteriorNet) else []

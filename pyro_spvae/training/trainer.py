@@ -60,7 +60,7 @@ from pyro_spvae.training.step import (
     shard_losses_and_grads,
     validation_loss,
 )
-from pyro_spvae.validation import check_tensor
+from pyro_spvae.validation import check_instance, check_tensor
 
 __all__ = ["BEST_NAME", "CHECKPOINT_NAME", "METRICS_NAME", "BatchSource", "TrainResult", "Trainer"]
 
@@ -175,8 +175,7 @@ class Trainer:
 
         :raises TypeError: if ``config`` is not a :class:`TrainConfig`.
         """
-        if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        check_instance("config", config, TrainConfig)
         elbo, hooks = make_objective(config, model, train_data)
         optim = make_optimizer(config.lr, group_lrs=config.group_lrs, clip_norm=config.clip_norm)
         return cls(model, guide, elbo, optim, train_data, config.schedule(), valid_data=valid_data,
