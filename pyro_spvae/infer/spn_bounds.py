@@ -94,6 +94,7 @@ from pyro.util import warn_if_nan
 
 from pyro_spvae.infer.log_likelihood import pass_budget, pass_shape
 from pyro_spvae.validation import check_bool, check_choice, check_positive_int, check_tensor
+from pyro_spvae.validation_memo import checks_once
 
 __all__ = [
     "SPNLeafELBO",
@@ -386,14 +387,15 @@ def _stream_leaf_bound(model: Any, guide: Any, x: torch.Tensor, num_samples: int
     ``num_samples``."""
     acc: torch.Tensor | None = None
     done = 0
-    while done < num_samples:
-        k = min(chunk_size, num_samples - done)
-        z, log_q = _draw_leaves(guide, x, k)
-        log_w = _leaf_log_joint(model, x, z, log_q.shape) - log_q  # (k, B, L)
-        part = log_w if method == "leaf" else model.spn_log_value(log_w)  # (k, B, L) | (k, B)
-        part = torch.logsumexp(part, dim=0)
-        acc = part if acc is None else torch.logaddexp(acc, part)
-        done += k
+    with checks_once():  # the examples' checks run in the first pass only
+        while done < num_samples:
+            k = min(chunk_size, num_samples - done)
+            z, log_q = _draw_leaves(guide, x, k)
+            log_w = _leaf_log_joint(model, x, z, log_q.shape) - log_q  # (k, B, L)
+            part = log_w if method == "leaf" else model.spn_log_value(log_w)  # (k, B, L) | (k, B)
+            part = torch.logsumexp(part, dim=0)
+            acc = part if acc is None else torch.logaddexp(acc, part)
+            done += k
     assert acc is not None
     return acc - math.log(num_samples)
 

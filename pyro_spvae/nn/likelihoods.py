@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributions import Distribution, constraints
 
 from pyro_spvae.validation import (
+    broadcastable,
     check_choice,
     check_event_shape,
     check_float_tensor,
@@ -55,6 +56,7 @@ from pyro_spvae.validation import (
     check_positive_int,
     check_real,
 )
+from pyro_spvae.validation_memo import passed_once
 
 from ..distributions.binomial_grid import BinomialGrid
 from ..distributions.categorical_grid import CategoricalGrid
@@ -225,7 +227,12 @@ def all_binary(x: torch.Tensor) -> bool:
     ``x - x^2 == 0`` everywhere (exact in floating point: ``x^2`` never rounds to ``x`` elsewhere,
     infinities give ``-inf`` and NaN stays NaN), ~5x faster than torch's two comparisons, ``or`` and
     ``all`` on boolean tensors for a batch of MNIST images. ``False`` for an empty or non-floating
-    tensor (the caller then runs the elementwise check)."""
+    tensor (the caller then runs the elementwise check). Run once per tensor inside
+    :func:`~pyro_spvae.validation_memo.checks_once` (a step's model check and ``log_prob`` check)."""
+    return passed_once("binary", x, _all_binary)
+
+
+def _all_binary(x: torch.Tensor) -> bool:
     if x.numel() == 0 or not x.is_floating_point():
         return False
     lo, hi = torch.aminmax(torch.addcmul(x, x, x, value=-1))
@@ -257,10 +264,8 @@ class CheckedBernoulli(dist.Bernoulli):
     def _validate_sample(self, value: torch.Tensor) -> None:
         if not (isinstance(value, torch.Tensor) and all_binary(value)):
             return super()._validate_sample(value)  # torch's checks and messages
-        try:  # torch's shape rule: the value broadcasts with the batch shape (event shape ())
-            torch.broadcast_shapes(value.shape, self.batch_shape)
-        except RuntimeError:
-            super()._validate_sample(value)
+        if not broadcastable(value.shape, self.batch_shape):  # torch's shape rule (event shape ())
+            super()._validate_sample(value)  # raises torch's message
 
 
 class BernoulliLikelihood(Likelihood):

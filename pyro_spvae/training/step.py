@@ -5,7 +5,8 @@ The step follows :meth:`pyro.infer.SVI.step` (parameters captured with
 
 1. **sharding** (:func:`shard_losses_and_grads`): the global batch is split into shards whose
    randomness is keyed by ``(seed, step, shard)``; each shard's loss and gradients are accumulated,
-   with sample sites outside the data plate scaled by ``1 / shards`` (:class:`ScaleGlobalSites`);
+   with sample sites outside the data plate scaled by ``1 / shards`` (:class:`ScaleGlobalSites`),
+   and the checks of the shard's data run once (:func:`~pyro_spvae.validation_memo.checks_once`);
 2. **all-reduce** (:func:`average_gradients`): gradients and loss are summed (``SUM``) across
    processes under ``torch.distributed`` and divided by the **global** batch size (estimators
    return losses summed over the data plate, so the update is that of the per-example loss
@@ -39,6 +40,7 @@ from pyro.poutine.messenger import Messenger
 from pyro_spvae.training.distributed import DistributedContext, all_reduce_sum_
 from pyro_spvae.training.optimizer import StepOptimizer
 from pyro_spvae.training.seeding import derive_seed, seed_everything
+from pyro_spvae.validation_memo import checks_once
 
 __all__ = [
     "DATA_KEY",
@@ -52,6 +54,7 @@ __all__ = [
     "guarded_update",
     "nonfinite_parameters",
     "nonfinite_problem",
+    "scale_grads_",
     "shard_losses_and_grads",
     "validation_loss",
 ]
@@ -112,7 +115,7 @@ def shard_losses_and_grads(
         with warnings.catch_warnings():
             # Pyro warns on NaN losses; the guard reports them precisely.
             warnings.filterwarnings("ignore", message="Encountered (NaN|\\+/-Inf)")
-            with scale, poutine.trace(param_only=True) as capture:
+            with scale, checks_once(), poutine.trace(param_only=True) as capture:
                 loss = elbo.loss_and_grads(model, guide, x)
         if isinstance(loss, tuple):
             loss = loss[0]
@@ -142,19 +145,19 @@ def check_owned(named: Sequence[tuple[str, torch.Tensor]], owned_ids: set[int]) 
 
 def average_gradients(
     params: Sequence[torch.Tensor], loss_sum: float, n: int, ctx: DistributedContext
-) -> float:
+) -> tuple[float, bool | None]:
     """Sum the gradients of ``params`` and ``loss_sum`` over processes (one flat all-reduce) and
     divide both by the global batch size ``n``; a missing gradient counts as zero.
 
-    :returns: the loss per example of the global batch.
+    :returns: the loss per example of the global batch, and whether every gradient is finite when
+        the division found out on the way (:func:`scale_grads_`), else ``None``.
     """
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     if not ctx.enabled:
-        if grads:
-            torch._foreach_div_(grads, float(n))  # one fused kernel launch instead of one per parameter
+        finite = scale_grads_(grads, n)
         for p, g in zip(params, grads):
             p.grad = g
-        return loss_sum / n
+        return loss_sum / n, finite
     dtype = grads[0].dtype if grads else torch.get_default_dtype()
     flat = torch.cat(
         [g.reshape(-1) for g in grads] + [torch.tensor([loss_sum], dtype=dtype, device=ctx.device)]
@@ -165,26 +168,52 @@ def average_gradients(
     for p in params:
         p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
-    return float(flat[-1])
+    return float(flat[-1]), None
 
 
-def nonfinite_problem(named: Sequence[tuple[str, torch.Tensor]], loss: float) -> str | None:
+def scale_grads_(grads: Sequence[torch.Tensor], n: int) -> bool | None:
+    """Divide ``grads`` by ``n`` in place.
+
+    When they are all float32 on one device, one fused kernel (torch's AMP gradient unscaling,
+    ``torch._amp_foreach_non_finite_check_and_unscale_``) multiplies them by ``1/n`` (as float32)
+    and finds any NaN/Inf in the same pass over memory; otherwise they are divided by ``n`` (one
+    ``foreach`` kernel; exact for float64).
+
+    :returns: whether every entry is finite (fused path), or ``None`` (not checked).
+    """
+    if not grads:
+        return True
+    first, fused = grads[0], getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
+    if fused is not None and all(g.dtype == torch.float32 and g.device == first.device for g in grads):
+        found = torch.zeros(1, device=first.device)
+        scale = torch.full((1,), 1.0 / n, device=first.device)
+        fused(list(grads), found, scale)
+        return not bool(found)
+    torch._foreach_div_(list(grads), float(n))
+    return None
+
+
+def nonfinite_problem(named: Sequence[tuple[str, torch.Tensor]], loss: float,
+                      grads_finite: bool | None = None) -> str | None:
     """What is non-finite in ``loss`` and the gradients of the ``(name, parameter)`` pairs, or
     ``None`` when everything is finite.
 
-    Fast path: NaN/Inf anywhere makes the sum of the gradient sums non-finite; only then are the
-    parameters looked at one by one (which also clears the rare false alarm of a finite sum
-    overflowing).
+    :param grads_finite: whether every gradient is finite, when already known (from
+        :func:`average_gradients`); ``None``: found out here. Fast path: NaN/Inf anywhere makes
+        the sum of the gradient sums non-finite; only then are the parameters looked at one by
+        one (which also clears the rare false alarm of a finite sum overflowing).
     """
-    grads_finite = [True] * len(named)
-    if named and not bool(torch.isfinite(torch.stack([p.grad.sum() for _, p in named]).sum())):
-        grads_finite = [bool(torch.isfinite(p.grad).all()) for _, p in named]
-    if math.isfinite(loss) and all(grads_finite):
+    if grads_finite is None:
+        grads_finite = not named or bool(torch.isfinite(torch.stack([p.grad.sum() for _, p in named]).sum()))
+    finite = [True] * len(named)
+    if not grads_finite:
+        finite = [bool(torch.isfinite(p.grad).all()) for _, p in named]
+    if math.isfinite(loss) and all(finite):
         return None
     what = []
     if not math.isfinite(loss):
         what.append(f"loss is {loss}")
-    bad = [name for (name, _), ok in zip(named, grads_finite) if not ok]
+    bad = [name for (name, _), ok in zip(named, finite) if not ok]
     if bad:
         what.append(f"non-finite gradients of {_shown(bad)}")
     return "; ".join(what)
@@ -289,7 +318,8 @@ def _validation_loss(elbo: ELBO, model: torch.nn.Module, guide: torch.nn.Module,
         x = data.batch(chunks[c], gen).to(ctx.device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Encountered (NaN|\\+/-Inf)")
-            loss = elbo.loss(model, guide, x)
+            with checks_once():
+                loss = elbo.loss(model, guide, x)
         if isinstance(loss, tuple):
             loss = loss[0]
         total[0] += float(loss)

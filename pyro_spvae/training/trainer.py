@@ -219,8 +219,8 @@ class Trainer:
         named = captured_params(traces)
         check_owned(named, self._owned_ids)
         params = [p for _, p in named]
-        loss = average_gradients(params, loss_sum, n, self.ctx)
-        problem = nonfinite_problem(named, loss)
+        loss, grads_finite = average_gradients(params, loss_sum, n, self.ctx)
+        problem = nonfinite_problem(named, loss, grads_finite)
         if problem is None:  # the update, undone with "skip" when it makes a parameter non-finite
             problem = guarded_update(self.optimizer, named, undo=self.guard.on_nonfinite == "skip")
         clear_grads(params)
