@@ -84,15 +84,20 @@ and the Bernoulli cross-entropy (`log_sigmoid`, `fill`, `sub`, `mul`) take ~90 %
 equal operator time (1.76 s vs 1.85 s over 10 passes in one profile). What the library adds is
 ~3 ms per pass outside the operators: Pyro's trace and replay of model and guide (plates,
 messengers, `pyro.module`/`pyro.param` lookups of `PyroModule` parameters: ~60 %), the model's and
-guide's own input checks (`isfinite` and the support check on the pass's images), the per-site
+guide's own input checks (in the first pass of a batch), the per-site
 reduction of the log-densities, and two `Normal` log-densities where the loop forms
-`-z^2/2 + eps^2/2 + sum log scale`; at 4000 rows per pass that is ~5-10 % of a pass. The pass
-shape is the library's best on this machine (1000 x 4: fewer, larger passes fall out of the cache,
-2000 x 4 costs ~30 % more per row for both; smaller ones multiply the per-pass cost). The loop
-alone is fastest with smaller passes (`loop @ 250 x 4`, where the library's per-pass cost would be
-~15 %); against that loop the remaining gap is the per-pass cost above, which lives in Pyro and in
-the model and guide (`models/`, `guides/`), not in the evaluator. The evaluator now validates the
-data once (a one-particle pass with Pyro's validation as set by the user) and draws with
+`-z^2/2 + eps^2/2 + sum log scale`; at 4000 rows per pass that is ~5-10 % of a pass (timed on a
+quiet machine with 2-image passes, where the operators cost nothing: 3.0 ms per pass for the
+library against 0.3 ms for the loop). The pass shape is the library's best on this machine
+(1000 x 4: 2000 x 4 costs ~30 % more per row for both; smaller ones multiply the per-pass cost).
+The loop alone is ~5 % faster with passes of 1000-2000 rows (`loop @ 250 x 4`, `500 x 4`,
+`1000 x 1`), where the library's per-pass cost would be 10-20 %; against those loops the gap is
+the per-pass cost above, which lives in Pyro and in the model and guide (`models/`, `guides/`), not
+in the evaluator. The model's and guide's input checks run in the first pass of each batch only
+(`pyro_spvae.validation_memo.checks_once`). The SPVAE's guide draws its noise leaf-major, the
+layout its decoder reads (no `(K, B, L, z)` copy per pass: -10 % on `spn_log_likelihood`).
+The evaluator validates the data once (a one-particle pass with Pyro's validation as set by the
+user) and draws with
 validation off, computes the Bernoulli and Normal log-densities without the per-element negation
 and without `scale**2`/`log(scale)` on particle-broadcast tensors (same numbers), takes PSIS k-hat
 from the weights it holds with a vectorised fit (no ArviZ import, ~90 ms for 200 x 5000 weights),

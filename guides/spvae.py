@@ -199,9 +199,10 @@ class SPVAEGuide(PyroModule):
             :meth:`SPVAE.leaf_log_lik <pyro_spvae.models.SPVAE.leaf_log_lik>` decodes them.
         """
         loc, scale = self._loc_scale_net_major(x)  # (L, B, z_dim)
-        # drawn (K, B, L, z_dim) as in leaf_posterior(x).rsample (same random stream), stored leaf-major
-        eps = torch.randn((num_samples, loc.shape[1], self.num_leaves, self.z_dim), dtype=loc.dtype,
-                          device=loc.device).permute(2, 0, 1, 3).contiguous()
+        # drawn leaf-major, the layout the decoder reads (no copy): the same distribution as
+        # leaf_posterior(x).rsample, another order of the random stream
+        eps = torch.randn((self.num_leaves, num_samples, loc.shape[1], self.z_dim), dtype=loc.dtype,
+                          device=loc.device)
         z = torch.addcmul(loc.unsqueeze(1), scale.unsqueeze(1), eps)  # (L, K, B, z_dim)
         log_q = (-0.5 * torch.linalg.vecdot(eps, eps)
                  - (torch.log(scale).sum(-1) + 0.5 * self.z_dim * _LOG_2PI).unsqueeze(1))

@@ -182,7 +182,8 @@ def _add_evaluate_parser(e: argparse.ArgumentParser) -> None:
     e.add_argument("--split", choices=("train", "valid", "test"), default="test")
     e.add_argument("--max-examples", type=positive_int, default=None, help="evaluate the first N examples")
     e.add_argument("--batch-size", type=positive_int, default=100, help="examples per pass")
-    e.add_argument("--chunk-size", type=positive_int, default=500, help="importance samples per pass")
+    e.add_argument("--chunk-size", type=positive_int, default=None,
+                   help="importance samples per pass (default: from a per-pass memory budget)")
     e.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     e.add_argument("--seed", type=nonnegative_int, default=0, help="seed for data noise and sampling")
     e.add_argument("--out", default=None, help="output JSON (default: RUN/eval.json)")

@@ -225,7 +225,7 @@ def _check_budget(x: torch.Tensor, budget: int, notify: Notify | None, **setting
 
 
 def _per_example(model: Any, guide: Any, x: torch.Tensor, estimator: str, *, num_samples: int,
-                 batch_size: int, chunk_size: int, psis: bool, progress: bool) -> torch.Tensor:
+                 batch_size: int, chunk_size: int | None, psis: bool, progress: bool) -> torch.Tensor:
     """``(N, 3)`` float64: ``log p(x_i)``, k-hat and ESS (NaN for the SPN-aware estimator)."""
     if estimator == "spn-leaf-iw":
         with torch.no_grad():
@@ -246,7 +246,7 @@ def evaluate(
     *,
     num_samples: int = 5000,
     batch_size: int = 100,
-    chunk_size: int = 500,
+    chunk_size: int | None = None,
     max_examples: int | None = None,
     psis: bool = True,
     seed: int | None = 0,
@@ -265,7 +265,10 @@ def evaluate(
         ``batch(idx, generator)`` (e.g. :class:`pyro_spvae.data.ImageDataset`).
     :param num_samples: importance samples per example (per leaf for an SPN of VAEs).
     :param batch_size: examples per pass.
-    :param chunk_size: importance samples per pass (memory ``~ chunk_size * batch_size``).
+    :param chunk_size: importance samples per pass (memory ``~ chunk_size * batch_size``), or
+        ``None`` (default): the evaluators pick the pass shape from a per-pass memory budget that
+        keeps it in the CPU's cache (:func:`~pyro_spvae.infer.log_likelihood.pass_shape`,
+        :func:`~pyro_spvae.infer.spn_bounds.leaf_pass_shape`).
     :param max_examples: evaluate the first examples only (``None``: all).
     :param psis: compute PSIS k-hat (generic estimator only).
     :param seed: seeds the dataset's transform noise and then, offset by the rank, every global
@@ -278,7 +281,8 @@ def evaluate(
     :raises pyro_spvae.training.MemoryBudgetError: when the estimate exceeds ``memory_budget``.
     """
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("chunk_size", chunk_size)):
-        check_positive_int(name, value)
+        if value is not None or name != "chunk_size":
+            check_positive_int(name, value)
     if max_examples is not None:
         check_positive_int("max_examples", max_examples)
     if seed is not None:
@@ -287,7 +291,7 @@ def evaluate(
     x = _examples(data, max_examples, seed)
     if memory_budget is not None:
         _check_budget(x, memory_budget, notify, batch_size=batch_size, chunk_size=chunk_size,
-                      num_samples=num_samples, psis=psis)
+                      num_samples=num_samples, psis=psis, device=ctx.device)
     mine = x[rank_slice(x.shape[0], ctx)].to(ctx.device)
     if seed is not None:
         seed_everything(seed + ctx.rank)
@@ -311,7 +315,7 @@ def evaluate_run(
     split: str = "test",
     num_samples: int = 5000,
     batch_size: int = 100,
-    chunk_size: int = 500,
+    chunk_size: int | None = None,
     max_examples: int | None = None,
     psis: bool = True,
     seed: int | None = 0,

@@ -157,7 +157,8 @@ def parse_args(argv: list[str], start: float) -> argparse.Namespace:
     p.add_argument("--train-share", type=float, default=0.6, help="share of --time-budget for training")
     p.add_argument("--max-steps", type=int, default=None, help="cap training steps")
     p.add_argument("--num-samples", type=int, default=5000, help="importance samples (per leaf)")
-    p.add_argument("--chunk-size", type=int, default=100)
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="importance samples per pass (default: the evaluator's, from a memory budget)")
     p.add_argument("--eval-examples", type=int, default=10000)
     p.add_argument("--eval-batch", type=int, default=100, help="test images per evaluation block")
     p.add_argument("--valid-examples", type=int, default=None)

@@ -252,3 +252,32 @@ def test_describe_counts_khat_above_the_threshold_exactly():
     spn = dataclasses.replace(report, khat=None, ess=None, estimator="spn-leaf-iw")
     assert "5000 importance samples per leaf" in spn.describe()
     assert "not defined" in spn.describe() and "k-hat >" not in spn.describe()
+
+
+def test_default_pass_shape_comes_from_the_memory_budget(monkeypatch):
+    """``evaluate`` leaves the pass shape to the evaluators by default (``chunk_size=None``: a pass
+    that stays in the cache instead of ``500 x batch_size`` rows), and its memory estimate counts
+    that pass."""
+    import pyro_spvae.evaluation as evaluation
+    from pyro_spvae.infer.log_likelihood import pass_budget, pass_shape
+    from pyro_spvae.training.memory import estimate_eval_bytes
+
+    seen = {}
+    original = evaluation.log_marginal_likelihood
+
+    def spy(*args, **kwargs):
+        seen["chunk_size"] = kwargs["chunk_size"]
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "log_marginal_likelihood", spy)
+    pyro.clear_param_store()
+    x = torch.randn(6, D, generator=torch.Generator().manual_seed(2))
+    report = evaluate(OneFactor(), ExactPosterior(), x, num_samples=30)
+    assert seen == {"chunk_size": None}
+    torch.testing.assert_close(report.log_px, exact_log_px(x), rtol=0, atol=1e-4)
+    # 784 float32 values per example, 5000 samples, 100 examples: the budget's pass, not 500 x 100
+    chunk, per_pass = pass_shape(100, 5000, 784 * 4, max_examples=100, budget=pass_budget("cpu"))
+    auto, what = estimate_eval_bytes((784,), batch_size=100, chunk_size=None, num_samples=5000)
+    fixed, _ = estimate_eval_bytes((784,), batch_size=100, chunk_size=500, num_samples=5000)
+    assert auto == 3 * chunk * per_pass * 784 * 4 + per_pass * 5000 * 4
+    assert f"chunk_size {chunk} x batch_size {per_pass}" in what and auto < fixed / 10

@@ -264,15 +264,24 @@ def test_guide_fast_path_matches_distribution():
     z, log_q = guide.leaf_rsample(x, 6)
     params = list(guide.parameters())
     w = torch.linspace(0, 1, log_q.numel()).view_as(log_q)  # a generic linear functional
-    g_fast = torch.autograd.grad((log_q * w).sum(), params)
-    torch.manual_seed(3)
+    g_fast = torch.autograd.grad((log_q * w).sum(), params, retain_graph=True)
+    # the same noise through the distribution's reparameterisation (rsample's z = loc + scale * eps)
     q = guide.leaf_posterior(x)
-    z2 = q.rsample((6,))
+    loc, scale = q.base_dist.loc, q.base_dist.scale
+    eps = ((z - loc) / scale).detach()
+    z2 = loc + scale * eps
     log_q2 = q.log_prob(z2)
     g_slow = torch.autograd.grad((log_q2 * w).sum(), params)
     assert torch.allclose(z, z2, atol=1e-6) and torch.allclose(log_q, log_q2, atol=1e-4)
     for a, b in zip(g_fast, g_slow):
         assert torch.allclose(a, b, atol=1e-4)
+    # the fast path's noise is standard normal (fixed seed; 5 standard errors)
+    torch.manual_seed(4)
+    z, _ = guide.leaf_rsample(x, 4000)
+    loc, scale = guide.leaf_posterior(x).base_dist.loc, guide.leaf_posterior(x).base_dist.scale
+    eps = ((z - loc) / scale).detach()
+    n = eps.numel()
+    assert abs(float(eps.mean())) < 5 / n**0.5 and abs(float(eps.var()) - 1) < 5 * (2 / n) ** 0.5
 
 
 def test_random_binary_tree_leaves_with_padding():

@@ -9,7 +9,8 @@ peak to the megabyte.
   the per-particle activations of a batch, ``batch_size * num_particles * (D + 2 sum(hidden) +
   3 z_dim)`` values kept for the backward pass (``x 2``);
 - evaluation: three ``(chunk_size, batch_size, D)`` tensors (decoder output, per-pixel terms and
-  their sum) and the ``(batch_size, num_samples)`` buffer of PSIS;
+  their sum) and the ``(batch_size, num_samples)`` buffer of PSIS, for the pass the evaluator runs
+  (with ``chunk_size=None``, the default, the one it picks from its per-pass budget);
 - sampling: the ``(num, D)`` images and decoder outputs.
 
 :func:`memory_budget` is the default limit: 80% of the physical memory (or of the cgroup limit
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from pyro_spvae.infer.log_likelihood import pass_budget, pass_shape
 from pyro_spvae.training.factory import RunError, build_model
 
 __all__ = [
@@ -173,10 +175,16 @@ def estimate_train_bytes(config: Any, dataset: Any) -> tuple[int, str]:
     return total, what
 
 
-def estimate_eval_bytes(event_shape: Sequence[int], *, batch_size: int, chunk_size: int,
-                        num_samples: int, psis: bool = True) -> tuple[int, str]:
-    """Bytes of the largest tensors of an evaluation (see the module docstring)."""
+def estimate_eval_bytes(event_shape: Sequence[int], *, batch_size: int, chunk_size: int | None,
+                        num_samples: int, psis: bool = True,
+                        device: str | torch.device = "cpu") -> tuple[int, str]:
+    """Bytes of the largest tensors of an evaluation (see the module docstring); ``chunk_size=None``
+    counts the pass the evaluator picks from its memory budget on ``device``
+    (:func:`~pyro_spvae.infer.log_likelihood.pass_shape`)."""
     d = math.prod(event_shape)
+    if chunk_size is None:
+        chunk_size, batch_size = pass_shape(batch_size, num_samples, d * _FLOAT,
+                                            max_examples=batch_size, budget=pass_budget(device))
     chunk = min(chunk_size, num_samples)
     total = 3 * chunk * batch_size * d * _FLOAT + (batch_size * num_samples * _FLOAT if psis else 0)
     return total, f"3 x chunk_size {chunk} x batch_size {batch_size} x {d} values per example"
