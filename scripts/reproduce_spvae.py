@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import spvae_report as report  # noqa: E402  (a sibling module of this script)
-from spvae_stages import Subset, evaluate_stage, train_stage  # noqa: E402
+from spvae_stages import Subset, evaluate_stage, progress, train_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_TABLE1 = report.PAPER_TABLE1
@@ -69,6 +69,14 @@ def run_dir_for(args: argparse.Namespace, config: str, fraction: float) -> Path:
     stem += f"-{args.variant}" if args.variant else ""
     stem += "" if fraction == 1 else f"-frac{fraction:g}"
     return Path(args.run_dir).expanduser() / stem
+
+
+def paper_progress(args: argparse.Namespace) -> dict[str, dict]:
+    """How far each MNIST paper-protocol configuration got in its run directory (for the report's
+    rows of configurations not finished yet)."""
+    paper = argparse.Namespace(**{**vars(args), "protocol": "paper", "data": "mnist", "variant": None})
+    found = {config: progress(run_dir_for(paper, config, 1.0)) for config in CONFIGS}
+    return {config: prog for config, prog in found.items() if prog is not None}
 
 
 def run_config(config: str, args: argparse.Namespace, fraction: float, command: str) -> dict:
@@ -197,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        rows = report.rewrite(out)
+        rows = report.rewrite(out, paper_progress(args))
         print(f"[reproduce_spvae] wrote {out} from {len(rows)} rows")
         return 0
     if args.jobs > 1 and len(args.configs) * len(args.fractions) > 1:
         failed = run_jobs(args, raw)
-        report.rewrite(out)
+        report.rewrite(out, paper_progress(args))
         print(f"[reproduce_spvae] wrote {out}" + (f"; {failed} run(s) failed" if failed else ""))
         return 1 if failed else 0
     if args.threads is not None:
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[reproduce_spvae] {config} (fraction {fraction:g}): {shown} on {row['eval_examples']} "
                   f"test images (paper {row['paper']}), {row['params']:,} params, step {row['steps']}"
                   f"{' (early stop)' if row['stopped_early'] else ''}", flush=True)
-            report.record(row, out, merge=not args.fresh)
+            report.record(row, out, merge=not args.fresh, progress=paper_progress(args))
     print(f"[reproduce_spvae] wrote {out}")
     return 0
 

@@ -124,7 +124,22 @@ def _paper_num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def _paper_section(rows: list[dict[str, Any]]) -> list[str]:
+def _in_progress(config: str, paper: str, prog: dict[str, Any]) -> str:
+    """A table row for a configuration under way (see ``spvae_stages.progress``)."""
+    best = (f"best validation bound {prog['best_valid_bound']:.1f} (K = 5) at step {prog['best_step']}"
+            if prog.get("best_step") is not None else "no validation yet")
+    if prog["trained"]:
+        bound = (f"evaluating: {prog['eval_bound']:.1f} on the first {prog['eval_examples']} test images"
+                 if prog["eval_examples"] else "trained, evaluation not started")
+        steps = f"{prog['steps']} ({prog['epochs']}) trained"
+    else:
+        bound, steps = f"training: {best}", f"{prog['steps']} ({prog['epochs']}) training"
+    return (f"| {config} | {bound} | {paper} | - | | {steps} | {prog.get('best_step', '')} "
+            f"| {prog['eval_examples']} of 10000 | | | |")
+
+
+def _paper_section(rows: list[dict[str, Any]],
+                   progress: dict[str, dict[str, Any]] | None = None) -> list[str]:
     by_key = {(dataset(r), label(r)): r for r in rows if protocol(r) == "paper" and r["fraction"] == 1}
     lines = [
         "## Paper protocol (Table 1)",
@@ -146,7 +161,9 @@ def _paper_section(rows: list[dict[str, Any]]) -> list[str]:
         keyed = [r for (d, lab), r in by_key.items() if d == "mnist" and r["config"] == config]
         if not keyed:
             paper = _paper_num(PAPER[("mnist", config)])
-            lines.append(f"| {config} | not run yet | {paper} | - | | | | | | | |")
+            prog = (progress or {}).get(config)
+            lines.append(_in_progress(config, paper, prog) if prog else
+                         f"| {config} | not run yet | {paper} | - | | | | | | | |")
         for r in keyed:
             lines.append(
                 f"| {label(r)} | {_bound(r)} | {_paper_num(r.get('paper'))} | {_verdict(r)} "
@@ -205,9 +222,12 @@ def _matched_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
-    """The report of ``rows``: the paper-protocol table (with ``not run yet`` rows and the commands
-    that run them), the parameter-matched table, the data-efficiency table and the commands."""
+def write_markdown(rows: list[dict[str, Any]], path: Path,
+                   progress: dict[str, dict[str, Any]] | None = None) -> None:
+    """The report of ``rows``: the paper-protocol table (with ``not run yet`` rows, how far the
+    configurations under way got (``progress``: MNIST configuration -> ``spvae_stages.progress``)
+    and the commands that run them), the parameter-matched table, the data-efficiency table and the
+    commands."""
     lines = ["# SPVAE reproduction (Tan & Peharz, ICML 2019, Table 1)", "",
              "Test-set importance-weighted bound on log p(x), nats per image (higher is better), ± its "
              "standard error over the evaluated test images. \"ours ≥ paper\": yes, or a match when the "
@@ -215,7 +235,7 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
              "steps (completed epochs), \"early stop\" when early stopping ended training, \"training\" "
              "while it is still under way. Run directories live outside the work tree "
              "(`~/.cache/pyro-spvae/table1` by default).", ""]
-    lines += _paper_section(rows)
+    lines += _paper_section(rows, progress)
     lines += _matched_section(rows)
     curve = curves([r for r in rows if protocol(r) == "matched"])
     if curve:
@@ -266,15 +286,16 @@ def read_rows(out: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 
 
-def rewrite(out: Path) -> list[dict[str, Any]]:
+def rewrite(out: Path, progress: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Rewrite the markdown report and the plot from the JSON file; returns its rows."""
     rows = read_rows(out)
-    write_markdown(rows, out)
+    write_markdown(rows, out, progress)
     plot_efficiency(rows, out.with_name("spvae_data_efficiency.png"))
     return rows
 
 
-def record(row: dict[str, Any], out: Path, merge: bool = True) -> None:
+def record(row: dict[str, Any], out: Path, merge: bool = True,
+           progress: dict[str, dict[str, Any]] | None = None) -> None:
     """Add ``row`` to ``out``'s JSON (replacing the row with the same :func:`row_key`), then rewrite
     the markdown report and the plot. Concurrent runs share ``out``: a file lock serialises them."""
     with open(out.with_suffix(".lock"), "w") as lock:
@@ -287,5 +308,5 @@ def record(row: dict[str, Any], out: Path, merge: bool = True) -> None:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"rows": rows}, indent=2, default=str))
         os.replace(tmp, path)
-        write_markdown(rows, out)
+        write_markdown(rows, out, progress)
         plot_efficiency(rows, out.with_name("spvae_data_efficiency.png"))

@@ -206,3 +206,36 @@ def evaluate_stage(run_dir: Path, args: Any, device: torch.device, deadline: flo
         save_state(run_dir, {**state, "eval": {"settings": settings, "done": done.numel(),
                                                "available": len(restored.data), "eval_time_s": elapsed}})
     return _summary(done[:n], n, elapsed)
+
+
+def progress(run_dir: Path) -> dict[str, Any] | None:
+    """How far an unfinished configuration got, read from its run directory (``None`` when it has
+    not started): the last logged step and epoch, the best validation bound and its step (from
+    ``metrics.jsonl``; the bound is minus the validation loss), whether training ended, and the test
+    images evaluated so far with their mean bound."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    last, best = None, None
+    for line in metrics.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        last = entry
+        valid = entry.get("valid_loss")
+        if valid is not None and (best is None or valid < best[0]):
+            best = (valid, entry["step"])
+    if last is None:
+        return None
+    state = load_state(run_dir) if (run_dir / STATE_NAME).exists() else {}
+    out: dict[str, Any] = {"steps": last["step"], "epochs": int(last.get("epoch") or 0),
+                           "trained": "train" in state, "eval_examples": 0, "eval_bound": None}
+    if best is not None:
+        out.update(best_valid_bound=-best[0], best_step=best[1])
+    done_path = run_dir / EVAL_NAME
+    if out["trained"] and done_path.exists():
+        done = torch.load(done_path, weights_only=True)
+        out.update(eval_examples=int(done.numel()), eval_bound=float(done.mean()) if done.numel() else None)
+    return out
+

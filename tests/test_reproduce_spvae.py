@@ -65,8 +65,34 @@ def test_report_merges_runs_and_plots_the_curve(reproduce, tmp_path):
     assert reproduce.report.DENSE_COMMAND in report
     assert (tmp_path / "spvae_data_efficiency.png").stat().st_size > 1000
     (tmp_path / "r.md").unlink()
-    assert reproduce.main(["--report-only", "--out", str(tmp_path / "r.md")]) == 0
+    runs = str(tmp_path / "runs")
+    assert reproduce.main(["--report-only", "--out", str(tmp_path / "r.md"), "--run-dir", runs]) == 0
     assert (tmp_path / "r.md").read_text() == report
+
+
+def test_report_shows_how_far_unfinished_paper_configurations_got(reproduce, tmp_path):
+    runs = tmp_path / "runs"
+    training = runs / "paper-vae-continuous"
+    training.mkdir(parents=True)
+    lines = [{"step": 128, "epoch": 0.3, "valid_loss": -2400.0},
+             {"step": 256, "epoch": 0.6, "valid_loss": -2500.25},
+             {"step": 300, "epoch": 0.77, "valid_loss": None}]
+    torn = '{"step": 3'  # a line being written
+    (training / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n" + torn)
+    evaluating = runs / "paper-spvae-discrete"
+    evaluating.mkdir()
+    entry = {"step": 4096, "epoch": 10.5, "valid_loss": 1900.5}
+    (evaluating / "metrics.jsonl").write_text(json.dumps(entry) + "\n")
+    state = {"train": {"steps": 4096, "best_step": 4096}}
+    (evaluating / "reproduce_state.json").write_text(json.dumps(state))
+    torch.save(torch.tensor([-1800.0, -1850.0], dtype=torch.float64), evaluating / "test_log_px.pt")
+    assert reproduce.main(["--report-only", "--out", str(tmp_path / "r.md"), "--run-dir", str(runs)]) == 0
+    report = (tmp_path / "r.md").read_text()
+    assert ("| vae-continuous | training: best validation bound 2500.2 (K = 5) at step 256 | 2598.1 | - | "
+            "| 300 (0) training | 256 | 0 of 10000 |") in report
+    assert ("| spvae-discrete | evaluating: -1825.0 on the first 2 test images | -1532.2 | - | "
+            "| 4096 (10) trained | 4096 | 2 of 10000 |") in report
+    assert "| vae-discrete | not run yet | -2351.2 |" in report
 
 
 def _paper(tmp_path: Path, steps: int, examples: int, runs: str = "runs") -> list[str]:
