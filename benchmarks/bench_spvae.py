@@ -44,25 +44,13 @@ from pyro.infer import Trace_ELBO
 
 from pyro_spvae.data import load_dataset
 from pyro_spvae.infer import SPNLeafIWELBO, TraceIWAE_ELBO
-from pyro_spvae.training import Schedule, Trainer, make_optimizer
+from pyro_spvae.training import Schedule, TensorData, Trainer, make_optimizer
 from pyro_spvae.training.presets import PRESETS
 from pyro_spvae.zoo import MODELS
 
 EVENT_SHAPE = (1, 28, 28)
 BATCH = 128
 
-
-class _Batch:
-    """A fixed batch of images (``Trainer`` data protocol)."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.x[idx]
 
 
 def _build(preset: str, objective: str) -> tuple[Trainer, int]:
@@ -81,7 +69,7 @@ def _build(preset: str, objective: str) -> tuple[Trainer, int]:
     # real images (the embedded MNIST subset, continuous preprocessing): on uniform noise the
     # matrix-form conv leaves run into denormal floats and take ~2x longer (no flush-to-zero)
     g = torch.Generator().manual_seed(0)
-    data = _Batch(load_dataset("embedded", "train", "spvae-continuous").batch(torch.arange(BATCH), g))
+    data = TensorData(load_dataset("embedded", "train", "spvae-continuous").batch(torch.arange(BATCH), g))
     trainer = Trainer(model, guide, elbo, make_optimizer(1e-3, group_lrs=cfg.get("group_lrs") or None), data,
                       Schedule(batch_size=BATCH, steps=10**9), progress=False)
     params = sum(p.numel() for m in (model, guide) for p in m.parameters())

@@ -23,6 +23,7 @@ from pyro_spvae.training import (
     ParamStoreSlot,
     Schedule,
     StepOptions,
+    TensorData,
     Trainer,
     derive_seed,
     make_elbo,
@@ -46,16 +47,6 @@ class RecordingOptim(PyroOptim):
         super().__call__(params, *args, **kwargs)
 
 
-class Data:
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def batch(self, idx, generator=None):
-        return self.x[idx]
-
 
 def vae_pair():
     torch.manual_seed(0)
@@ -68,7 +59,7 @@ def batch() -> torch.Tensor:
 
 def trainer_for(model, guide, estimator: str, k: int, optim: PyroOptim, shards: int | None = None):
     """A trainer whose optimiser records the gradients it applies (``grads``)."""
-    t = Trainer(model, guide, make_elbo(estimator, k, max_plate_nesting=1), optim, Data(batch()),
+    t = Trainer(model, guide, make_elbo(estimator, k, max_plate_nesting=1), optim, TensorData(batch()),
                 Schedule(batch_size=N, steps=100), options=StepOptions(seed=SEED, shards=shards),
                 progress=False)
     grads: dict = {}

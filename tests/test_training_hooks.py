@@ -37,6 +37,7 @@ from pyro_spvae.infer import (
 from pyro_spvae.training import (
     Schedule,
     StepOptions,
+    TensorData,
     Trainer,
     launch_command,
     load_checkpoint,
@@ -59,19 +60,6 @@ N = 5  # steps before the interruption
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class Tensors:
-    """A dataset of fixed examples (``batch`` ignores the generator)."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.x[idx]
-
-
 class Recorder(TrainingHook):
     """Records ``value()`` after every applied step (a user-defined hook beside the built-in ones)."""
 
@@ -85,8 +73,9 @@ class Recorder(TrainingHook):
             self.values.append(self.value())
 
 
-def _binary(n: int = 24) -> Tensors:
-    return Tensors(torch.bernoulli(torch.full((n, 1, 4, 4), 0.5), generator=torch.Generator().manual_seed(3)))
+def _binary(n: int = 24) -> TensorData:
+    x = torch.bernoulli(torch.full((n, 1, 4, 4), 0.5), generator=torch.Generator().manual_seed(3))
+    return TensorData(x)
 
 
 def _setup(kind: str):
@@ -132,7 +121,7 @@ def test_trainer_meets_the_constraint(rule):
     geco = GECO(Trace_ELBO(), "mse", kappa=math.sqrt(0.5), rule=rule, nu=0.5, alpha=0.9, warmup=50)
     hooks = hooks_for(geco)
     record = Recorder(lambda: (geco.multiplier, geco.last_constraint))
-    t = Trainer(Toy(), ToyGuide(), geco, make_optimizer(0.1), Tensors(toy_data()),
+    t = Trainer(Toy(), ToyGuide(), geco, make_optimizer(0.1), TensorData(toy_data()),
                 Schedule(batch_size=256, steps=250), options=StepOptions(seed=1, shards=2), progress=False,
                 hooks=[*hooks, record])
     assert not geco.auto_update and t.valid_elbo is geco.elbo

@@ -73,6 +73,7 @@ from pyro_spvae.training.rundir import (
     restore_run,
     run_leftovers,
 )
+from pyro_spvae.training.sampler import TensorData
 from pyro_spvae.training.seeding import derive_seed, seed_everything
 from pyro_spvae.training.session import TrainingSession, TrainPlan, plan_training
 from pyro_spvae.training.settings import (
@@ -130,6 +131,7 @@ __all__ = [
     "StepOptions",
     "TemperatureHook",
     "TemperatureSettings",
+    "TensorData",
     "TrainConfig",
     "TrainPlan",
     "TrainResult",

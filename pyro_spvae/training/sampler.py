@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["BatchSource", "EpochSampler"]
+from pyro_spvae.validation import check_tensor
+
+__all__ = ["BatchSource", "EpochSampler", "TensorData"]
 
 
 class BatchSource(Protocol):
@@ -16,6 +18,29 @@ class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+class TensorData:
+    """A :class:`BatchSource` of fixed examples already in memory (no transform): ``batch(idx)``
+    is ``x[idx]`` whatever the generator. For training on tensors of one's own.
+
+    :param x: the examples, ``(N, *event_shape)`` with ``N >= 1``.
+    :raises TypeError: if ``x`` is not a tensor; :raises ValueError: for an empty one.
+    :ivar x: the examples.
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        check_tensor("x", x)
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"x must hold at least one example along its first dim, got {tuple(x.shape)}")
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The examples at ``idx`` (``generator`` is unused: the examples are fixed)."""
+        return self.x[idx]
 
 
 class EpochSampler:
