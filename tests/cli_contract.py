@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 from pyro_spvae.cli import main
+from pyro_spvae.training import atomic_write
 
 
 def cli(argv: list) -> tuple[int, str]:
@@ -23,3 +25,14 @@ def cli(argv: list) -> tuple[int, str]:
     assert "Traceback" not in text, text
     assert (code == 0 and not errors) or (code == 2 and len(errors) == 1), (argv, code, text)
     return code, text
+
+
+def stub_figures(monkeypatch) -> None:
+    """Replace the run figures written by ``train`` with placeholder files of the same names (the
+    figures take seconds to draw; the tests check the files exist)."""
+    def figures(out_dir, *args, **kwargs):
+        for name in ("curve.png", "samples.png", "reconstructions.png"):
+            atomic_write(Path(out_dir) / name, b"\x89PNG figure placeholder")
+
+    monkeypatch.setattr("pyro_spvae.plots.save_run_figures", figures)
+

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from cli_contract import cli
+from cli_contract import cli, stub_figures
 
 from pyro_spvae.training import PRESETS, load_checkpoint, read_metrics, restore_run
-from pyro_spvae.training.files import atomic_write
 
 TINY = ["--data", "embedded", "--steps", "4", "--z-dim", "2", "--hidden", "8", "--batch-size", "8",
         "--eval-every", "4", "--log-every", "2", "--valid-max-examples", "8", "--no-progress",
@@ -43,11 +41,7 @@ FAMILY_PRESETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
 
 @pytest.fixture(autouse=True)
 def cheap_figures(monkeypatch):
-    def figures(out_dir, *args, **kwargs):
-        for name in ("curve.png", "samples.png", "reconstructions.png"):
-            atomic_write(Path(out_dir) / name, b"\x89PNG figure placeholder")
-
-    monkeypatch.setattr("pyro_spvae.plots.save_run_figures", figures)
+    stub_figures(monkeypatch)
 
 
 def test_every_family_preset_is_tested():

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cli_contract import cli
+from cli_contract import cli, stub_figures
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rundir import assert_same_params, snapshot
@@ -32,7 +32,6 @@ from test_rundir_crash import fork_cli, kill_when
 
 from pyro_spvae.cli import main
 from pyro_spvae.training import read_metrics
-from pyro_spvae.training.files import atomic_write
 
 BASE = ["--z-dim", "2", "--hidden", "8", "--batch-size", "8", "--eval-every", "4", "--log-every", "2",
         "--valid-max-examples", "16", "--patience", "0", "--no-progress", "--threads", "1"]
@@ -131,11 +130,7 @@ def reference(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def cheap_figures(monkeypatch):
-    def figures(out_dir, *args, **kwargs):
-        for name in ("curve.png", "samples.png", "reconstructions.png"):
-            atomic_write(Path(out_dir) / name, b"\x89PNG figure placeholder")
-
-    monkeypatch.setattr("pyro_spvae.plots.save_run_figures", figures)
+    stub_figures(monkeypatch)
     monkeypatch.delenv(SLEEP_ENV, raising=False)
 
 
