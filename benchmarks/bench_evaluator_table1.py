@@ -9,7 +9,7 @@ images, in one process (1 torch thread), interleaved in alternating order:
 
 - ``defaults``: the reproduction's call, ``chunk_size=None`` (1000 samples x 1 image per pass);
 - ``call``: the former call, ``chunk_size=100`` (the examples per pass come from the memory budget,
-  :func:`~pyro_spvae.infer.spn_bounds.leaf_pass_shape`: 10 images per pass);
+  :func:`~pyro_spvae.infer.spn_likelihood.leaf_pass_shape`: 10 images per pass);
 - ``call, before``: that call with the rule before issue 11 (one pass over all 100 images of the
   block);
 - ``hand-written``: :class:`bench_evaluator.HandSPVAE` (stacked leaf networks, per-leaf running
@@ -74,7 +74,7 @@ def _setup(num_images: int) -> tuple[Any, Any, torch.Tensor, str]:
 
 
 def _variants(model: Any, guide: Any, num_samples: int) -> dict[str, Any]:
-    from pyro_spvae.infer import spn_bounds, spn_log_likelihood
+    from pyro_spvae.infer import spn_likelihood, spn_log_likelihood
 
     hand = HandSPVAE(model, guide)
 
@@ -83,15 +83,15 @@ def _variants(model: Any, guide: Any, num_samples: int) -> dict[str, Any]:
                           for xb in x.split(BLOCK)])
 
     def before(x: torch.Tensor) -> torch.Tensor:
-        rule = spn_bounds.leaf_pass_shape
-        spn_bounds.leaf_pass_shape = lambda xb, s, c=None: (min(c, s), xb.shape[0])
+        rule = spn_likelihood.leaf_pass_shape
+        spn_likelihood.leaf_pass_shape = lambda xb, s, c=None: (min(c, s), xb.shape[0])
         try:
             return call(x)
         finally:
-            spn_bounds.leaf_pass_shape = rule
+            spn_likelihood.leaf_pass_shape = rule
 
-    k, b = spn_bounds.leaf_pass_shape(torch.empty(BLOCK, 1, 28, 28), num_samples, CHUNK)
-    k0, b0 = spn_bounds.leaf_pass_shape(torch.empty(BLOCK, 1, 28, 28), num_samples)
+    k, b = spn_likelihood.leaf_pass_shape(torch.empty(BLOCK, 1, 28, 28), num_samples, CHUNK)
+    k0, b0 = spn_likelihood.leaf_pass_shape(torch.empty(BLOCK, 1, 28, 28), num_samples)
     return {
         "call": call,
         "call, before": before,

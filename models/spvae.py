@@ -16,7 +16,7 @@ one site ``z`` ``(B, L, z_dim)`` (:class:`~pyro_spvae.distributions.LeafPrior`) 
 :class:`~pyro_spvae.distributions.SumProductNetwork` with callable leaves; since (1) is multilinear
 in its leaves and the latents are independent, this model has exactly the marginal (1), so Pyro's
 ELBOs apply unchanged. The model also implements the leaf protocol of
-:mod:`pyro_spvae.infer.spn_bounds` (``leaf_log_joint``, ``spn_log_value``) for the SPN-aware bounds
+:mod:`pyro_spvae.infer.spn_leaves` (``leaf_log_joint``, ``spn_log_value``) for the SPN-aware bounds
 the paper trains and evaluates with. Missing pixels (NaN) are marginalised exactly at the leaves.
 
 Leaf parameterisations: by default the Gaussian leaves have a learnt per-leaf, per-pixel log-scale;

@@ -4,7 +4,7 @@ Python API (the ``pyro-spvae evaluate`` command is a thin wrapper around :func:`
 The estimator follows the model:
 
 - an SPN of VAE leaves (any model satisfying the protocol
-  :class:`pyro_spvae.infer.spn_bounds.SPNLeafModel`, such as SPVAE) gets the paper's evaluation,
+  :class:`pyro_spvae.infer.spn_leaves.SPNLeafModel`, such as SPVAE) gets the paper's evaluation,
   :func:`pyro_spvae.infer.spn_log_likelihood`: leaf-averaged importance weights with
   ``num_samples`` samples per leaf pushed through the SPN (Tan & Peharz 2019, Table 1; see
   ``docs/spvae.md``). There is no single weight vector per example, so PSIS k-hat and the
@@ -56,7 +56,7 @@ ESTIMATORS: tuple[str, ...] = ("iwae", "spn-leaf-iw")
 
 
 def estimator_for(model: Any) -> str:
-    """``"spn-leaf-iw"`` for a model satisfying :class:`~pyro_spvae.infer.spn_bounds.SPNLeafModel`
+    """``"spn-leaf-iw"`` for a model satisfying :class:`~pyro_spvae.infer.spn_leaves.SPNLeafModel`
     (an SPN of VAE leaves), else ``"iwae"``."""
     return "spn-leaf-iw" if isinstance(model, SPNLeafModel) else "iwae"
 
@@ -268,7 +268,7 @@ def evaluate(
     :param chunk_size: importance samples per pass (memory ``~ chunk_size * batch_size``), or
         ``None`` (default): the evaluators pick the pass shape from a per-pass memory budget that
         keeps it in the CPU's cache (:func:`~pyro_spvae.infer.log_likelihood.pass_shape`,
-        :func:`~pyro_spvae.infer.spn_bounds.leaf_pass_shape`).
+        :func:`~pyro_spvae.infer.spn_likelihood.leaf_pass_shape`).
     :param max_examples: evaluate the first examples only (``None``: all).
     :param psis: compute PSIS k-hat (generic estimator only).
     :param seed: seeds the dataset's transform noise and then, offset by the rank, every global

@@ -9,9 +9,9 @@ modified tensor is checked again. Outside the block nothing is remembered and ev
 
 The trainer enters the block around each shard of a step and each validation chunk
 (:mod:`pyro_spvae.training.step`); the evaluators around each batch of examples
-(:mod:`pyro_spvae.infer.log_likelihood`, :mod:`pyro_spvae.infer.spn_bounds`). Checks that use the
+(:mod:`pyro_spvae.infer.log_likelihood`, :mod:`pyro_spvae.infer.spn_likelihood`). Checks that use the
 memo: the finiteness check of :func:`pyro_spvae.validation.check_float_tensor` and
-:func:`pyro_spvae.nn.likelihoods.all_binary`. Like :mod:`pyro_spvae.validation`, this module
+:func:`pyro_spvae.nn.bernoulli_likelihood.all_binary`. Like :mod:`pyro_spvae.validation`, this module
 imports nothing from the rest of the package.
 """
 

@@ -3,7 +3,7 @@
 The test iterates the registry, so a new family gets this coverage by registering: build, one SVI
 step under each of Pyro's ``Trace_ELBO``, ``TraceEnum_ELBO``, ``RenyiELBO`` (vectorised particles)
 and ``JitTrace_ELBO``, under :class:`~pyro_spvae.infer.TraceIWAE_ELBO` and, for sum-product
-networks of VAEs (:class:`~pyro_spvae.infer.spn_bounds.SPNLeafModel`), under the SPN-aware bound
+networks of VAEs (:class:`~pyro_spvae.infer.spn_leaves.SPNLeafModel`), under the SPN-aware bound
 :class:`~pyro_spvae.infer.SPNLeafIWELBO`, for guides with a mixture posterior
 (:class:`~pyro_spvae.infer.MixturePosteriorGuide`) under :class:`~pyro_spvae.infer.MixtureELBO`;
 ``model.sample``; and the evaluation API (:func:`pyro_spvae.evaluation.evaluate`) on a few examples.

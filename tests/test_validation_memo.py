@@ -10,7 +10,7 @@ import pyro
 import pytest
 import torch
 
-import pyro_spvae.nn.likelihoods as likelihoods
+import pyro_spvae.nn.bernoulli_likelihood as bernoulli
 import pyro_spvae.validation as validation
 from pyro_spvae.training.step import nonfinite_problem, scale_grads_
 from pyro_spvae.validation import broadcastable, check_float_tensor
@@ -63,9 +63,9 @@ def test_a_tensor_changed_after_its_check_is_checked_again_and_refused():
         with pytest.raises(ValueError, match="x contains NaN values"):
             check_float_tensor("x", x, (3,), batch_dims=1)
         y = torch.ones(4, 3)
-        assert likelihoods.all_binary(y)
+        assert bernoulli.all_binary(y)
         y[0, 0] = 0.5
-        assert not likelihoods.all_binary(y)
+        assert not bernoulli.all_binary(y)
 
 
 def test_a_training_step_checks_its_batch_once(monkeypatch):
@@ -79,7 +79,7 @@ def test_a_training_step_checks_its_batch_once(monkeypatch):
             return fn(x)
         return wrapper
 
-    monkeypatch.setattr(likelihoods, "_all_binary", counted("binary", likelihoods._all_binary))
+    monkeypatch.setattr(bernoulli, "_all_binary", counted("binary", bernoulli._all_binary))
     monkeypatch.setattr(validation, "_all_finite", counted("finite", validation._all_finite))
     model, guide = vae_pair()
     trainer = trainer_for(model, guide, "trace", 1, pyro.optim.Adam({"lr": 1e-2}))[0]

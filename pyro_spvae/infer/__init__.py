@@ -27,24 +27,13 @@ from .geco import GECO
 from .importance import ImportanceTerms, compute_importance_terms
 from .iwae import IWAEBound, TraceIWAE_ELBO
 from .log_likelihood import LogLikelihoodResult, log_marginal_likelihood, psis_khat
+from .mi_codes import CodeSite, code_posterior_for, resolve_codes
+from .mi_estimate import MIBound, mutual_information_bound
 from .mixture_elbo import MixtureELBO, MixturePosteriorGuide, mixture_parameters
-from .mutual_information import (
-    CodeSite,
-    MIBound,
-    MIRegularizedELBO,
-    code_posterior_for,
-    mutual_information_bound,
-    resolve_codes,
-)
-from .spn_bounds import (
-    SPNLeafELBO,
-    SPNLeafGuide,
-    SPNLeafIWELBO,
-    SPNLeafModel,
-    SPNRootIWELBO,
-    spn_leaf_log_weights,
-    spn_log_likelihood,
-)
+from .mutual_information import MIRegularizedELBO
+from .spn_bounds import SPNLeafELBO, SPNLeafIWELBO, SPNRootIWELBO
+from .spn_leaves import SPNLeafGuide, SPNLeafModel, spn_leaf_log_weights
+from .spn_likelihood import spn_log_likelihood
 
 __all__ = [
     "CapacityELBO",

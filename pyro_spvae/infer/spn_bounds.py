@@ -45,24 +45,12 @@ children), but there is no ordering between it and (a) or (b) in general.
 
 Protocol
 --------
-The estimators know no particular model.  Any SPN-of-VAEs model/guide pair works when
-
-- ``model.leaf_log_joint(x, z) -> Tensor`` returns :math:`\\log p(x_{R_l}, z_l)` of shape
-  ``(..., B, L)`` for latents ``z`` of shape ``(..., B, L, z_dim)`` (missing pixels of ``x``
-  marginalised, i.e. they contribute nothing);
-- ``model.spn_log_value(leaf_log_values) -> Tensor`` pushes leaf log-values of shape
-  ``(..., B, L)`` through the network and returns the log root value ``(..., B)``;
-- ``guide.leaf_posterior(x) -> Distribution`` returns :math:`q(z_l | x_{R_l})` with batch shape
-  ``(B, L)``, event shape ``(z_dim,)`` and ``rsample``;
-- optionally ``guide.leaf_rsample(x, K) -> (z, log_q)``, a fast path returning ``K``
-  reparameterised draws ``(K, B, L, z_dim)`` and ``log q`` ``(K, B, L)`` equal in value and
-  gradient to ``leaf_posterior(x).log_prob(z)`` (e.g. from the standard-normal noise of a
-  location-scale family); it is used when present.
-
-:class:`SPNLeafModel` and :class:`SPNLeafGuide` declare this protocol (``isinstance`` checks it).
-Model and guide methods that read parameters should be :func:`pyro.nn.pyro_method` s of
-:class:`~pyro.nn.PyroModule` s (or call :func:`pyro.module`) so that :class:`pyro.infer.SVI`
-finds the parameters.  All losses are sums over the batch, like :class:`pyro.infer.Trace_ELBO`.
+The estimators know no particular model.  Any SPN-of-VAEs model/guide pair works that follows the
+leaf protocol of :mod:`pyro_spvae.infer.spn_leaves` (``model.leaf_log_joint``,
+``model.spn_log_value``, ``guide.leaf_posterior`` and optionally ``guide.leaf_rsample``), which
+:class:`SPNLeafModel` and :class:`SPNLeafGuide` declare.  All losses are sums over the batch, like
+:class:`pyro.infer.Trace_ELBO`. :func:`spn_log_likelihood` (:mod:`pyro_spvae.infer.spn_likelihood`)
+streams bounds (b) and (c) over thousands of samples for evaluation.
 
 Pyro's ELBO contract
 --------------------
@@ -83,7 +71,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -92,9 +80,20 @@ import torch
 from pyro.infer import ELBO
 from pyro.util import warn_if_nan
 
-from pyro_spvae.infer.log_likelihood import pass_budget, pass_shape
-from pyro_spvae.validation import check_bool, check_choice, check_positive_int, check_tensor
-from pyro_spvae.validation_memo import checks_once
+from pyro_spvae.infer.spn_leaves import (
+    SPNLeafGuide,
+    SPNLeafModel,
+    _check_protocol,
+    _draw_leaves,
+    _leaf_log_joint,
+    spn_leaf_log_weights,
+)
+from pyro_spvae.infer.spn_likelihood import (  # re-exported
+    LEAF_PASS_BUDGET_FRACTION,  # noqa: F401
+    leaf_pass_shape,
+    spn_log_likelihood,
+)
+from pyro_spvae.validation import check_bool, check_positive_int
 
 __all__ = [
     "SPNLeafELBO",
@@ -113,50 +112,6 @@ LEAF_LATENT_SITE = "spn_leaf_z"
 LEAF_JOINT_SITE = "spn_leaf_log_joint"
 
 
-@runtime_checkable
-class SPNLeafModel(Protocol):
-    """A sum-product network of VAE leaves, as the SPN-aware bounds see it (see the module docstring).
-
-    ``isinstance(model, SPNLeafModel)`` is how callers (the evaluation API, the trainer) choose an
-    SPN-aware estimator instead of a generic one.
-    """
-
-    def leaf_log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """:math:`\\log p(x_{R_l}, z_l)`, ``(..., B, L)`` for ``z`` of shape ``(..., B, L, z_dim)``."""
-        ...
-
-    def spn_log_value(self, leaf_log_values: torch.Tensor) -> torch.Tensor:
-        """Log root value ``(..., B)`` for leaf log-values ``(..., B, L)``."""
-        ...
-
-
-@runtime_checkable
-class SPNLeafGuide(Protocol):
-    """A guide with a leaf-wise posterior :math:`q(z_l | x_{R_l})` (see the module docstring)."""
-
-    def leaf_posterior(self, x: torch.Tensor) -> Any:
-        """A distribution with batch shape ``(B, L)``, event shape ``(z_dim,)`` and ``rsample``."""
-        ...
-
-
-_MODEL_METHODS = ("leaf_log_joint", "spn_log_value")
-_GUIDE_METHODS = ("leaf_posterior",)
-
-
-def _check_protocol(model: Any, guide: Any) -> None:
-    """:raises TypeError: naming the first missing method unless ``model`` is an
-    :class:`SPNLeafModel` and ``guide`` an :class:`SPNLeafGuide`."""
-    for obj, proto, methods, role in ((model, SPNLeafModel, _MODEL_METHODS, "model"),
-                                      (guide, SPNLeafGuide, _GUIDE_METHODS, "guide")):
-        if isinstance(obj, proto):
-            continue
-        missing = next((n for n in methods if not callable(getattr(obj, n, None))), methods[0])
-        raise TypeError(
-            f"SPN-aware bounds need {role}.{missing}(...); {type(obj).__name__} has none "
-            f"(it is no {proto.__name__}; see pyro_spvae.infer.spn_bounds for the protocol)"
-        )
-
-
 def _x_from_args(args: tuple, kwargs: dict) -> torch.Tensor:
     if args:
         if len(args) != 1 or kwargs:
@@ -165,48 +120,6 @@ def _x_from_args(args: tuple, kwargs: dict) -> torch.Tensor:
     if set(kwargs) == {"x"}:
         return kwargs["x"]
     raise TypeError("SPN-aware bounds take exactly one data argument x (model(x), guide(x))")
-
-
-def _draw_leaves(guide: Any, x: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``K`` reparameterised leaf latents ``z (K, B, L, z_dim)`` and their ``log q (K, B, L)``."""
-    fast = getattr(guide, "leaf_rsample", None)
-    if callable(fast):
-        z, log_q = fast(x, num_samples)
-    else:
-        q = guide.leaf_posterior(x)
-        if not q.has_rsample:
-            raise ValueError(f"guide.leaf_posterior must return a reparameterisable distribution, got {q}")
-        z = q.rsample((num_samples,))  # (K, B, L, z_dim)
-        log_q = q.log_prob(z)  # (K, B, L)
-    if log_q.dim() != 3 or log_q.shape[:2] != (num_samples, x.shape[0]):
-        raise ValueError(
-            f"the guide's leaf log-densities must have shape (K, B, L) = ({num_samples}, {x.shape[0]}, L), "
-            f"got {tuple(log_q.shape)}: leaf_posterior(x) needs batch shape (B, L)"
-        )
-    return z, log_q
-
-
-def _leaf_log_joint(model: Any, x: torch.Tensor, z: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    log_p = model.leaf_log_joint(x, z)  # (K, B, L)
-    if log_p.shape != shape:
-        raise ValueError(
-            f"model.leaf_log_joint returned shape {tuple(log_p.shape)}, expected {tuple(shape)} (K, B, L)"
-        )
-    return log_p
-
-
-def spn_leaf_log_weights(model: Any, guide: Any, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """Leaf log importance weights :math:`\\log w_{lk} = \\log p(x_{R_l}, z_{lk}) - \\log q(z_{lk}|x_{R_l})`.
-
-    :param model: an SPN-of-VAEs model following the protocol of this module.
-    :param guide: a leaf-wise guide following the protocol.
-    :param x: data ``(B, ...)``.
-    :param num_samples: ``K`` reparameterised samples per leaf.
-    :returns: log weights of shape ``(K, B, L)``, differentiable in model and guide parameters.
-    """
-    _check_protocol(model, guide)
-    z, log_q = _draw_leaves(guide, x, check_positive_int("num_samples", num_samples))
-    return _leaf_log_joint(model, x, z, log_q.shape) - log_q
 
 
 def _leaf_guide(guide: Any, x: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -352,98 +265,3 @@ class SPNRootIWELBO(_SPNBound):
 
     def _combine(self, model: Any, log_w: torch.Tensor) -> torch.Tensor:
         return _logmeanexp(model.spn_log_value(log_w), 0)
-
-
-#: :func:`spn_log_likelihood`'s rows hold every leaf's patch (``leaf_k`` times the example for
-#: SPVAE's partition of the pixels) in several tensors plus the leaves' hidden layers: they get this
-#: fraction of the per-pass budget of :func:`~pyro_spvae.infer.log_likelihood.pass_budget`.
-LEAF_PASS_BUDGET_FRACTION = 0.25
-
-
-def leaf_pass_shape(x: torch.Tensor, num_samples: int, chunk_size: int | None = None) -> tuple[int, int]:
-    """``(samples, examples)`` per pass of :func:`spn_log_likelihood` for data ``x`` ``(N, ...)``.
-
-    The budget is :data:`LEAF_PASS_BUDGET_FRACTION` of
-    :func:`~pyro_spvae.infer.log_likelihood.pass_budget` of ``x``'s device, in rows of ``D`` values
-    of ``x.dtype``. ``chunk_size=None``: both from
-    :func:`~pyro_spvae.infer.log_likelihood.pass_shape`; otherwise ``min(chunk_size, num_samples)``
-    samples for as many examples as the budget holds (at least one; batches evened out), so that a
-    fixed chunk never builds a pass over all examples at once.
-    """
-    n = x.shape[0]
-    row = math.prod(x.shape[1:]) * x.element_size()
-    budget = int(pass_budget(x.device) * LEAF_PASS_BUDGET_FRACTION)
-    if chunk_size is None:
-        return pass_shape(n, num_samples, row, max_examples=n, budget=budget)
-    chunk = min(chunk_size, num_samples)
-    per_pass = max(1, min(n, budget // max(1, row) // chunk))
-    return chunk, math.ceil(n / math.ceil(n / per_pass))
-
-
-def _stream_leaf_bound(model: Any, guide: Any, x: torch.Tensor, num_samples: int, chunk_size: int,
-                       method: str) -> torch.Tensor:
-    """Running log-sum-exps over ``num_samples`` samples, ``chunk_size`` at a time, for ``x``
-    ``(B, ...)``: per leaf ``(B, L)`` (``"leaf"``) or per example ``(B,)`` (``"root"``), divided by
-    ``num_samples``."""
-    acc: torch.Tensor | None = None
-    done = 0
-    with checks_once():  # the examples' checks run in the first pass only
-        while done < num_samples:
-            k = min(chunk_size, num_samples - done)
-            z, log_q = _draw_leaves(guide, x, k)
-            log_w = _leaf_log_joint(model, x, z, log_q.shape) - log_q  # (k, B, L)
-            part = log_w if method == "leaf" else model.spn_log_value(log_w)  # (k, B, L) | (k, B)
-            part = torch.logsumexp(part, dim=0)
-            acc = part if acc is None else torch.logaddexp(acc, part)
-            done += k
-    assert acc is not None
-    return acc - math.log(num_samples)
-
-
-@torch.no_grad()
-def spn_log_likelihood(
-    model: Any,
-    guide: Any,
-    x: torch.Tensor,
-    num_samples: int = 5000,
-    chunk_size: int | None = None,
-    method: str = "leaf",
-) -> torch.Tensor:
-    """Importance-weighted estimate of :math:`\\log p(x)` per example, streamed over samples.
-
-    ``method="leaf"`` is the paper's evaluation (Tan & Peharz 2019, Table 1: bound (b) with
-    ``num_samples = 5000`` per leaf); ``method="root"`` is bound (c). Samples are drawn
-    ``chunk_size`` at a time and folded into running per-leaf (or per-example) log-sum-exps, so
-    memory is ``O(chunk_size * examples per pass * L)`` whatever ``num_samples`` is.
-
-    With ``chunk_size=None`` (default) the examples are split into passes by the rule of
-    :func:`~pyro_spvae.infer.log_likelihood.log_marginal_likelihood`
-    (:func:`~pyro_spvae.infer.log_likelihood.pass_shape`: ``D`` values of ``x.dtype`` per row, any
-    number of examples per pass) with :data:`LEAF_PASS_BUDGET_FRACTION` of the budget
-    :func:`~pyro_spvae.infer.log_likelihood.pass_budget` of ``x``'s device: 3 MiB on CPU, 1000 samples
-    for one 28x28 float32 image per pass. An explicit ``chunk_size`` fixes the samples per pass and the
-    budget still bounds the examples per pass (:func:`leaf_pass_shape`: 10 images at ``chunk_size=100``):
-    a pass over 100 images at once builds ``(L, chunk, 100, patch)`` tensors that leave the cache and
-    costs about twice as much per image. Either way the SPN runs once, on the leaf estimates of all
-    examples.
-
-    :param model: an SPN-of-VAEs model following the protocol of this module.
-    :param guide: a leaf-wise guide following the protocol.
-    :param x: data ``(B, ...)`` (NaN entries are marginalised if the model allows them).
-    :param num_samples: total ``K`` samples per leaf.
-    :param chunk_size: samples per pass, or ``None`` (see above).
-    :param method: ``"leaf"`` or ``"root"``.
-    :returns: tensor ``(B,)`` of stochastic lower bounds on :math:`\\log p(x)` (nats).
-    """
-    num_samples = check_positive_int("num_samples", num_samples)
-    check_choice("method", method, ("leaf", "root"))
-    check_tensor("x", x)
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"x must be a tensor of shape (B, ...) with B >= 1, got {tuple(x.shape)}")
-    _check_protocol(model, guide)
-    if chunk_size is not None:
-        chunk_size = check_positive_int("chunk_size", chunk_size)
-    chunk_size, per_pass = leaf_pass_shape(x, num_samples, chunk_size)
-    acc = torch.cat([_stream_leaf_bound(model, guide, xb, num_samples, chunk_size, method)
-                     for xb in x.split(per_pass)])
-    return model.spn_log_value(acc) if method == "leaf" else acc  # the SPN once for all examples

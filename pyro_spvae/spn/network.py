@@ -5,7 +5,9 @@ A sum-product network (Poon & Domingos 2011) built from a region graph as in RAT
 distributions, every internal region ``K_sum`` sum nodes (1 at the root), and every partition the
 products of all pairs of its children's nodes.  Evaluation is bottom-up, one
 :class:`~pyro_spvae.spn.layers.EinsumLayer` (+ :class:`~pyro_spvae.spn.layers.MixingLayer`) per
-layer of the schedule; there is no Python loop over nodes or leaves.
+layer of the schedule; there is no Python loop over nodes or leaves.  The layers are in
+:mod:`.network_layer`, the top-down choice of ``sample``/``mpe`` in :mod:`.topdown` and the input
+checks in :mod:`.checks`.
 
 Leaves are either a built-in :class:`~pyro_spvae.spn.leaves.FactorizedLeaves` layer or external: any
 tensor of per-leaf-region log-densities ``(..., L, K_leaf)`` (e.g. leaf VAEs, Tan & Peharz 2019) can be
@@ -31,17 +33,18 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution
 
-from pyro_spvae.validation import check_choice, check_int, check_positive_int, check_real, check_tensor
+from pyro_spvae.validation import check_choice, check_positive_int, check_real, check_tensor
 
-from .layers import EinsumLayer, MixingLayer
+from .checks import check_sample_shape, check_spn_value
 from .leaves import BernoulliLeaves, BinomialLeaves, CategoricalLeaves, FactorizedLeaves, NormalLeaves
+from .network_layer import UpwardPass, _Layer
 from .region_graph import RegionGraph
+from .topdown import backtrack
 
 __all__ = ["SPN", "UpwardPass", "LEAF_TYPES", "check_sample_shape", "check_spn_value"]
 
@@ -52,127 +55,6 @@ LEAF_TYPES: dict[str, type[FactorizedLeaves]] = {
     "binomial": BinomialLeaves,
 }
 
-
-def check_spn_value(value: object, event_shape: Sequence[int], support: constraints.Constraint, *,
-                    batch_shape: Sequence[int] = (), allow_missing: bool = True,
-                    name: str = "SumProductNetwork value") -> Tensor:
-    """Check a value ``(..., *event_shape)`` given to an SPN (the checks of ``log_prob``, shared by
-    :meth:`SPN.log_prob` and the distribution view :class:`~pyro_spvae.distributions.SumProductNetwork`).
-
-    :param support: the leaves' support (observed entries must lie in it).
-    :param batch_shape: the leading dims must broadcast with it.
-    :param allow_missing: whether ``NaN`` (missing) entries are accepted.
-    :raises TypeError: if ``value`` is not a tensor.
-    :raises ValueError: for a non-floating dtype, a wrong trailing shape, leading dims that do not
-        broadcast, ``NaN`` without ``allow_missing``, infinite entries or observed entries outside
-        ``support`` (e.g. ``0.5`` for Bernoulli leaves, ``2.99`` or ``300`` for 3 categories).
-    """
-    value = check_tensor(name, value)
-    if not value.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor (NaN = missing), got {value.dtype}")
-    ev, n = tuple(event_shape), len(event_shape)
-    if value.dim() < n or tuple(value.shape[value.dim() - n :]) != ev:
-        raise ValueError(f"{name} must have shape (..., {', '.join(map(str, ev))}); got {tuple(value.shape)}")
-    lead = value.shape[: value.dim() - n]
-    try:
-        torch.broadcast_shapes(lead, torch.Size(batch_shape))
-    except RuntimeError as err:
-        raise ValueError(f"value batch shape {tuple(lead)} does not broadcast with the distribution's "
-                         f"batch shape {tuple(batch_shape)}") from err
-    missing = torch.isnan(value)
-    if not allow_missing and bool(missing.any()):
-        raise ValueError(f"{name} contains NaN but allow_missing=False")
-    if bool(torch.isinf(value).any()):
-        raise ValueError(f"{name} contains infinite entries")
-    observed = value[~missing]
-    if observed.numel() and not bool(support.check(observed).all()):
-        raise ValueError(f"{name} has entries outside the leaves' support {support}")
-    return value
-
-
-def check_sample_shape(sample_shape: object) -> torch.Size:
-    """``sample_shape`` as a ``torch.Size`` of non-negative ints (``0`` gives an empty sample).
-
-    :raises TypeError: for a non-sequence or non-integer entries; :raises ValueError: for negative ones.
-    """
-    if isinstance(sample_shape, (str, bytes)) or not isinstance(sample_shape, Sequence):
-        raise TypeError(f"sample_shape must be a sequence of ints, got {type(sample_shape).__name__}")
-    return torch.Size(check_int(f"sample_shape[{i}]", d, 0) for i, d in enumerate(sample_shape))
-
-
-class UpwardPass(NamedTuple):
-    """Result of :meth:`SPN.upward` on a flattened batch ``B``.
-
-    - ``root``: ``(B,)`` root log-value.
-    - ``values``: ``(R - 1, B, K)`` log-values of all non-root regions in storage order, region-major
-      (``-inf`` padding where a region has fewer than ``K = max(K_leaf, K_sum)`` nodes).
-    - ``partitions``: per layer, ``(P_l, B, O_l)`` log-values of the partition sums.
-    """
-
-    root: Tensor
-    values: Tensor
-    partitions: list[Tensor]
-
-
-class _Layer(nn.Module):
-    """Einsum + optional mixing for one layer of the schedule, with the index tables it needs."""
-
-    def __init__(self, graph: RegionGraph, l: int, num_in: int, num_out: int, sizes: Tensor, init_std: float):
-        super().__init__()
-        prange, rrange = graph.layers[l], graph.layer_regions[l]
-        parts = graph.partitions[prange.start : prange.stop]
-        left = torch.tensor([q.left for q in parts])
-        right = torch.tensor([q.right for q in parts])
-        uniform = bool((sizes == num_in).all())
-        self.einsum = EinsumLayer(left, right, num_in, num_out, None if uniform else sizes[left],
-                                  None if uniform else sizes[right], init_std=init_std)
-        local: list[list[int]] = [[] for _ in rrange]
-        for n, q in enumerate(parts):
-            local[q.parent - rrange.start].append(n)
-        M = max(len(v) for v in local)
-        table = torch.full((len(rrange), M), -1, dtype=torch.long)
-        for r, v in enumerate(local):
-            table[r, : len(v)] = torch.tensor(v)
-        mixed = [r for r, v in enumerate(local) if len(v) > 1]
-        P = len(parts)
-        src = table[:, 0].clone()  # single-partition regions copy their partition
-        row_src = torch.zeros(len(rrange), dtype=torch.long)
-        for j, r in enumerate(mixed):
-            src[r] = P + j
-            row_src[r] = 1 + j
-        mixing = MixingLayer(table[mixed], num_out, init_std=init_std, num_partitions=P) if mixed else None
-        self.mixing = mixing
-        self.first_region, self.num_regions, self.num_partitions = rrange.start, len(rrange), P
-        self.register_buffer("src", src, persistent=False)
-        self.register_buffer("table", table, persistent=False)
-        self.register_buffer("row_src", row_src, persistent=False)
-        self.identity = (src == torch.arange(len(rrange))).all().item() and P == len(rrange)
-
-    def forward(self, values: Tensor, mode: str) -> tuple[Tensor, Tensor]:
-        pv = self.einsum(values, mode)
-        if self.mixing is not None:
-            rv = torch.cat([pv, self.mixing(pv, mode)], dim=0).index_select(0, self.src)
-        elif self.identity:
-            rv = pv
-        else:
-            rv = pv.index_select(0, self.src)
-        return pv, rv
-
-    def forward_batch_last(self, values: Tensor) -> Tensor:
-        """Sum mode, batch-last: region values ``(R, K, B)`` -> this layer's region values ``(R_l, O, B)``."""
-        pv = self.einsum.forward_batch_last(values)
-        if self.mixing is not None:
-            return torch.cat([pv, self.mixing.forward_batch_last(pv)], dim=0).index_select(0, self.src)
-        return pv if self.identity else pv.index_select(0, self.src)
-
-    def mixing_log_weights(self) -> Tensor:
-        """``(R_l, M, O)`` log mixing weights of every region of the layer (0 for the single partition)."""
-        M, O = self.table.shape[1], self.einsum.num_out
-        single = self.einsum.logits.new_full((1, M, O), float("-inf"))
-        single[:, 0] = 0.0
-        if self.mixing is None:
-            return single.expand(self.num_regions, M, O)
-        return torch.cat([single, self.mixing.log_weights()], dim=0)[self.row_src]
 
 
 def _make_leaves(name: object, graph: RegionGraph, num_components: int, init_std: float,
@@ -387,55 +269,7 @@ class SPN(nn.Module):
 
     # ------------------------------------------------------------------ top-down
     def _backtrack(self, up: UpwardPass, choose_max: bool) -> Tensor:
-        values = up.values  # (R - 1, B, K)
-        B = values.shape[1]
-        K = self.num_in
-        R = self.graph.num_regions
-        if not bool(torch.isfinite(up.root).all()):
-            raise ValueError(
-                "the evidence has probability zero (root log-value -inf or NaN) for some batch element; "
-                "cannot condition on it"
-            )
-
-        def choose(score: Tensor) -> Tensor:
-            if not choose_max:
-                u = torch.rand_like(score).clamp(1e-20, 1.0 - 1e-7)
-                score = score - torch.log(-torch.log(u))
-            return score.argmax(-1)
-
-        sel = torch.full((B, R + 1), -1, dtype=torch.long, device=values.device)
-        sel[:, self.graph.root] = 0
-        for layer, pv in zip(reversed(self.layers), reversed(up.partitions)):
-            s = layer.first_region
-            k = sel[:, s : s + layer.num_regions]  # (B, R_l)
-            active = k >= 0
-            kc = k.clamp(min=0)
-            Rl = layer.num_regions
-            table = layer.table  # (R_l, M)
-            M = table.shape[1]
-            if M == 1:
-                q = table[:, 0].expand(B, Rl)
-            else:
-                P = pv.shape[0]
-                tbl = torch.where(table >= 0, table, torch.full_like(table, P))
-                padded = torch.cat([pv, pv.new_full((1, B, pv.shape[2]), float("-inf"))], dim=0)
-                score = padded[tbl].permute(2, 0, 1, 3) + layer.mixing_log_weights()  # (B, R_l, M, O)
-                score = score.gather(3, kc.view(B, Rl, 1, 1).expand(B, Rl, M, 1)).squeeze(3)
-                c = choose(score)
-                q = tbl.expand(B, Rl, M).gather(2, c.unsqueeze(-1)).squeeze(-1)
-            ein = layer.einsum
-            logw = ein.log_weights().permute(0, 3, 1, 2).reshape(ein.num_partitions, ein.num_out, K * K)
-            lw = logw[q, kc]  # (B, R_l, K*K)
-            lc, rc = ein.left[q], ein.right[q]  # (B, R_l)
-            bidx = torch.arange(B, device=values.device).unsqueeze(-1)
-            lv = values[lc, bidx]  # (B, R_l, K)
-            rvv = values[rc, bidx]
-            score = lw + (lv.unsqueeze(-1) + rvv.unsqueeze(-2)).reshape(B, Rl, K * K)
-            ij = choose(score)
-            dummy = torch.full_like(lc, R)
-            sel.scatter_(1, torch.where(active, lc, dummy), ij // K)
-            sel.scatter_(1, torch.where(active, rc, dummy), ij % K)
-        return sel[:, : self.num_leaf_regions]
+        return backtrack(self.layers, self.graph, self.num_in, up, choose_max)
 
     @torch.no_grad()
     def select_leaf_components(self, leaf_log_prob: Tensor, mode: str = "sample") -> Tensor:
